@@ -1,0 +1,275 @@
+"""Franka Research 3 through franky: the `Arm` interface with our safety checks in front.
+
+Each 10 Hz absolute joint target becomes one asynchronous `JointMotion`; franky replans from the
+current motion state when the next one arrives, so the arm moves smoothly through the stream.
+Facts about franky that shape this file (DESIGN.md section 5):
+  - `Robot(ip, realtime_config=RealtimeConfig.Ignore)` on a kernel without PREEMPT_RT;
+  - the relative dynamics factor is set on the robot (`robot.relative_dynamics_factor = f`), never
+    as a `move()` keyword;
+  - targets must be float64 arrays, and motions are single-use (a new JointMotion per target);
+  - `poll_motion()` returns the opposite of its docstring: use `robot.is_in_control`;
+  - after a reflex the robot refuses motions until `recover_from_errors()`.
+franky raises its own exception types; they are turned into `ArmError` (kind + reason) so the
+control loop can stop the trial, record why and call `recover()`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from robot.interfaces import ArmState
+from robot.safety import ArmError, SafetyChecker, SafetyLimits, UnsafeTargetError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ArmError", "FrankaArm", "UnsafeTargetError"]
+
+
+def _import_franky():
+    try:
+        import franky
+    except ImportError as e:  # pragma: no cover - franky-control is a core dependency
+        raise ArmError(f"franky is not installed ({e}); `pip install franky-control` or use arm=sim",
+                       kind="setup", recoverable=False) from e
+    return franky
+
+
+def _franky_exceptions(franky) -> tuple[type[BaseException], ...]:
+    names = ["Exception", "ControlException", "CommandException", "NetworkException", "ProtocolException",
+             "RealtimeException", "InvalidOperationException", "IncompatibleVersionException",
+             "MotionReuseException", "InvalidMotionTypeException", "GripperException",
+             "TorqueSignalTimeoutException", "ReactionRecursionException"]
+    found = tuple(getattr(franky, n) for n in names if isinstance(getattr(franky, n, None), type))
+    # franky also raises plain RuntimeErrors, e.g. "Motion planner failed with error code -100" (a
+    # non-finite target reached the planner) or "Net Exception" (connection lost)
+    return (*found, RuntimeError)
+
+
+def _kind_of(exc: BaseException) -> str:
+    name = type(exc).__name__
+    kind = {"ControlException": "reflex", "NetworkException": "network", "CommandException": "command",
+            "RealtimeException": "realtime", "GripperException": "gripper"}.get(name)
+    if kind is None:
+        msg = str(exc)
+        kind = "network" if "Net" in msg else "planner" if "planner" in msg else "franky"
+    return kind
+
+
+class FrankaArm:
+    """A Franka arm (FR3/Panda) with gripper, driven by absolute joint targets at the control rate."""
+
+    def __init__(
+        self,
+        ip: str,
+        realtime: bool = False,
+        relative_dynamics_factor: float = 0.2,
+        safety: SafetyChecker | None = None,
+        dry_run: bool = False,
+        gripper: bool = True,
+        gripper_speed: float = 0.1,
+        gripper_min_change: float = 0.005,
+        recover_on_connect: bool = True,
+        collision_torque_threshold: float | None = None,
+        collision_force_threshold: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        franky = _import_franky()
+        self._franky = franky
+        self._errors = _franky_exceptions(franky)
+        self.ip = ip
+        self.safety = safety or SafetyChecker(SafetyLimits())
+        self.dry_run = dry_run
+        self.relative_dynamics_factor = float(relative_dynamics_factor)
+        self.gripper_speed = float(gripper_speed)
+        self.gripper_min_change = float(gripper_min_change)
+        self._clock = clock
+        self._last_target: np.ndarray | None = None  # last joint target sent (None: stream restarts)
+        self._gripper_sent: float | None = None
+        self._gripper_pending: float | None = None
+        self._gripper_future: Any = None
+        self.n_sent = 0
+        self.dry_run_log: list[np.ndarray] = []  # targets that passed safety in dry-run mode
+
+        rt = franky.RealtimeConfig.Enforce if realtime else franky.RealtimeConfig.Ignore
+        try:
+            self.robot = franky.Robot(ip, realtime_config=rt)
+        except self._errors as e:
+            raise ArmError(
+                f"cannot connect to the Franka arm at {ip}: {e}. Check that the robot is on, FCI is activated "
+                f"in Desk, the brakes are open, this PC reaches {ip} (ping), and arm.ip in configs/arm/franka.yaml; "
+                f"on a kernel without PREEMPT_RT keep arm.realtime=false. Without the arm use arm=sim",
+                kind="network", recoverable=False,
+            ) from e
+        if not 0 < self.relative_dynamics_factor <= 1:
+            raise ArmError(f"arm.relative_dynamics_factor must be in (0, 1], got {relative_dynamics_factor}",
+                           kind="setup", recoverable=False)
+        # on the robot, not as a move() keyword: move() has none (DESIGN.md section 5)
+        self.robot.relative_dynamics_factor = self.relative_dynamics_factor
+        if recover_on_connect and self.robot.has_errors:
+            log.warning("Franka at %s reports errors on connect; recovering", ip)
+            self.robot.recover_from_errors()
+        if collision_torque_threshold is not None and collision_force_threshold is not None:
+            self.robot.set_collision_behavior(float(collision_torque_threshold), float(collision_force_threshold))
+        self.gripper = None
+        if gripper:
+            try:
+                self.gripper = franky.Gripper(ip)
+            except self._errors as e:
+                raise ArmError(f"cannot connect to the Franka gripper at {ip}: {e}; set arm.gripper=false "
+                               f"if the arm has no Franka gripper", kind="network", recoverable=False) from e
+
+    # --- Arm interface ----------------------------------------------------------------------------
+    def state(self) -> ArmState:
+        try:
+            js = self.robot.current_joint_state
+            q = np.asarray(js.position, dtype=np.float64)
+            dq = np.asarray(js.velocity, dtype=np.float64)
+            width = float(self.gripper.width) if self.gripper is not None else 0.0
+        except self._errors as e:
+            raise ArmError(f"reading the arm state failed: {e}", kind=_kind_of(e)) from e
+        return ArmState(q=q, dq=dq, gripper_width=width, timestamp=self._clock())
+
+    def command(self, q_target: np.ndarray, gripper_width: float | None = None) -> None:
+        """Check `q_target` (7,) against the safety limits and send it as an asynchronous motion.
+
+        Raises UnsafeTargetError (nothing sent) or ArmError (franky refused/failed: call recover())."""
+        q_measured = self.state().q
+        q = self.safety.check(q_target, q_measured, self._last_target)
+        width = None if gripper_width is None else self.safety.check_gripper(float(gripper_width))
+        if self.dry_run:
+            log.info("dry run: would send q=%s gripper=%s", np.round(q, 4).tolist(), width)
+            self.dry_run_log.append(q)
+            self._last_target = q
+            return
+        if self.robot.has_errors:
+            raise ArmError(f"the arm is in an error state ({self._current_errors()}); call recover()",
+                           kind="reflex")
+        motion = self._franky.JointMotion(q.astype(np.float64))  # float64: franky rejects int arrays
+        try:
+            self.robot.move(motion, asynchronous=True)
+        except self._errors as e:
+            self._last_target = None
+            raise ArmError(f"franky refused the joint motion: {e}", kind=_kind_of(e)) from e
+        self._last_target = q
+        self.n_sent += 1
+        if width is None:
+            width = self._gripper_pending  # a width that waited for the previous gripper command
+        if width is not None:
+            self._command_gripper(width)
+
+    def stop(self) -> None:
+        """Decelerate to a stop and hold. Never raises: it runs in cleanup paths after other errors
+        (a robot in an error state has stopped already; a failure is logged)."""
+        self._last_target = None
+        if self.dry_run:
+            return
+        try:
+            if self.robot.is_in_control and not self.robot.has_errors:
+                self.robot.move(self._franky.JointStopMotion(), asynchronous=False)
+        except self._errors as e:
+            log.warning("FrankaArm.stop: stopping the arm failed (%s: %s)", type(e).__name__, e)
+
+    def close(self) -> None:
+        self.stop()
+
+    # --- beyond the interface -----------------------------------------------------------------------
+    @property
+    def has_errors(self) -> bool:
+        return bool(self.robot.has_errors)
+
+    @property
+    def q_desired(self) -> np.ndarray:
+        """The joint positions franky's motion generator commands right now (robot state q_d): tracking
+        of our targets by the planner, separate from the joint controller's own lag."""
+        return np.asarray(self.robot.state.q_d, dtype=np.float64)
+
+    def _current_errors(self) -> str:
+        try:
+            return str(self.robot.state.current_errors)
+        except self._errors:
+            return "unknown"
+
+    def recover(self) -> None:
+        """Automatic error recovery after a reflex; the next command starts a new motion stream."""
+        self._last_target = None
+        try:
+            # a failed asynchronous motion re-raises its exception on the next join: clear it first
+            self.robot.join_motion(timeout=0.5)
+        except self._errors as e:
+            log.info("recover: cleared the failed motion (%s)", e)
+        try:
+            ok = self.robot.recover_from_errors()
+        except self._errors as e:
+            raise ArmError(f"error recovery failed: {e}", kind=_kind_of(e), recoverable=False) from e
+        if not ok or self.robot.has_errors:
+            raise ArmError(f"error recovery did not clear the errors ({self._current_errors()}); use the "
+                           f"robot's pilot/Desk to unlock it", kind="reflex", recoverable=False)
+
+    def move_to(self, q_goal: np.ndarray, relative_dynamics_factor: float | None = None,
+                timeout: float = 30.0) -> None:
+        """Blocking point-to-point motion (e.g. to home before a trial). The goal passes the joint-limit
+        and workspace checks; the step limit does not apply (franky plans a smooth trajectory)."""
+        q = np.asarray(q_goal, dtype=np.float64)
+        violations = []
+        lim = self.safety.limits
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            raise UnsafeTargetError([f"goal must be 7 finite joint positions, got {q_goal!r}"])
+        bad = (q < lim.q_low) | (q > lim.q_high)
+        violations += [f"joint {i + 1} goal {q[i]:.3f} outside [{lim.q_low[i]:.3f}, {lim.q_high[i]:.3f}]"
+                       for i in np.flatnonzero(bad)]
+        violations += self.safety.workspace_violations(q)
+        if violations:
+            raise UnsafeTargetError(violations, q)
+        self._last_target = None
+        if self.dry_run:
+            log.info("dry run: would move to %s", np.round(q, 4).tolist())
+            return
+        factor = self.relative_dynamics_factor if relative_dynamics_factor is None else relative_dynamics_factor
+        motion = self._franky.JointMotion(q, relative_dynamics_factor=float(factor))
+        try:
+            self.robot.move(motion, asynchronous=True)
+            finished = self.robot.join_motion(timeout=timeout)
+            if not finished:
+                self.robot.stop()
+        except self._errors as e:
+            raise ArmError(f"move_to failed: {e}", kind=_kind_of(e)) from e
+        if not finished:
+            raise ArmError(f"move_to did not finish within {timeout} s", kind="timeout")
+
+    def _command_gripper(self, width: float) -> None:
+        """Send a gripper width unless one is in flight (then the newest width is sent afterwards)."""
+        if self.gripper is None:
+            return
+        if self._gripper_future is not None:
+            try:
+                busy = not self._gripper_future.wait(0.0)
+            except self._errors as e:
+                self._gripper_future = None
+                raise ArmError(f"gripper command failed: {e}", kind="gripper") from e
+            if busy:
+                self._gripper_pending = width
+                return
+            self._gripper_future = None
+        if self._gripper_sent is not None and abs(width - self._gripper_sent) < self.gripper_min_change:
+            return
+        try:
+            self._gripper_future = self.gripper.move_async(float(width), self.gripper_speed)
+        except self._errors as e:
+            raise ArmError(f"gripper command failed: {e}", kind="gripper") from e
+        self._gripper_sent = width
+        self._gripper_pending = None
+
+    @classmethod
+    def from_config(cls, cfg: Any, **overrides: Any) -> FrankaArm:
+        """From configs/arm/franka.yaml (a dict or DictConfig)."""
+        c = dict(cfg)
+        c.pop("type", None)
+        c.pop("control_hz", None)
+        safety = SafetyChecker(SafetyLimits.from_config(dict(c.pop("safety", {}) or {})))
+        c.update(overrides)
+        return cls(safety=safety, **c)

@@ -1,0 +1,225 @@
+"""FrankaArm logic that franky-sim cannot exercise: a real reflex (ControlException + robot error
+state) and its recovery, unrecoverable errors, gripper command pacing, configuration. A fake `franky`
+module (the API surface FrankaArm uses) is injected via sys.modules. The connection failure test
+uses the real franky client against a loopback address where nothing listens."""
+
+import sys
+import types
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from moss_vla.paths import CONFIG_DIR
+from robot.fr3_kinematics import Q_READY
+from robot.franka_arm import ArmError, FrankaArm, UnsafeTargetError
+
+
+class _Exc(Exception):
+    pass
+
+
+def make_fake_franky():
+    fr = types.ModuleType("franky")
+
+    class ControlException(_Exc):
+        pass
+
+    class NetworkException(_Exc):
+        pass
+
+    class CommandException(_Exc):
+        pass
+
+    class RealtimeConfig:
+        Enforce, Ignore = "enforce", "ignore"
+
+    class JointState:
+        def __init__(self, q):
+            self.position, self.velocity = np.array(q), np.zeros(7)
+
+    class JointMotion:
+        def __init__(self, target, relative_dynamics_factor=1.0):
+            assert isinstance(target, np.ndarray) and target.dtype == np.float64, "franky wants float arrays"
+            self.target, self.factor = target, relative_dynamics_factor
+
+    class JointStopMotion:
+        pass
+
+    class Future:
+        def __init__(self, done):
+            self.done = done
+
+        def wait(self, timeout):
+            return self.done
+
+    class Robot:
+        def __init__(self, ip, realtime_config):
+            self.ip, self.realtime_config = ip, realtime_config
+            self.q = Q_READY.copy()
+            self.moves = []
+            self.has_errors = False
+            self.is_in_control = False
+            self.relative_dynamics_factor = 1.0
+            self.reflex_on_next_move = False
+            self.recover_ok = True
+            self.recover_calls = 0
+            self.state = types.SimpleNamespace(current_errors="[cartesian_reflex]", q_d=self.q)
+
+        @property
+        def current_joint_state(self):
+            return JointState(self.q)
+
+        def move(self, motion, asynchronous=False):
+            if self.reflex_on_next_move:  # the robot stops itself and refuses until recovered
+                self.reflex_on_next_move = False
+                self.has_errors = True
+                raise ControlException("libfranka: Move command aborted: motion aborted by reflex! "
+                                       "[\"cartesian_reflex\"]")
+            self.moves.append((motion, asynchronous))
+            self.is_in_control = not isinstance(motion, JointStopMotion)
+
+        def join_motion(self, timeout=None):
+            return True
+
+        def recover_from_errors(self):
+            self.recover_calls += 1
+            if self.recover_ok:
+                self.has_errors = False
+            return self.recover_ok
+
+        def set_collision_behavior(self, torque, force):
+            self.collision = (torque, force)
+
+    class Gripper:
+        def __init__(self, ip):
+            self.width = 0.08
+            self.commands = []
+            self.busy = False
+
+        def move_async(self, width, speed):
+            self.commands.append((width, speed))
+            return Future(not self.busy)
+
+    for obj in (ControlException, NetworkException, CommandException, RealtimeConfig, JointMotion,
+                JointStopMotion, Robot, Gripper):
+        setattr(fr, obj.__name__, obj)
+    return fr
+
+
+@pytest.fixture
+def franky(monkeypatch):
+    fr = make_fake_franky()
+    monkeypatch.setitem(sys.modules, "franky", fr)
+    return fr
+
+
+def test_connects_with_realtime_ignore_and_sets_the_dynamics_factor_on_the_robot(franky):
+    arm = FrankaArm("10.0.0.2", relative_dynamics_factor=0.3, collision_torque_threshold=25.0,
+                    collision_force_threshold=35.0)
+    assert arm.robot.realtime_config == franky.RealtimeConfig.Ignore
+    assert arm.robot.relative_dynamics_factor == 0.3
+    assert arm.robot.collision == (25.0, 35.0)
+    arm.command(Q_READY + 0.01)
+    motion, asynchronous = arm.robot.moves[-1]
+    assert asynchronous and motion.factor == 1.0  # the factor is on the robot, not on each motion
+    np.testing.assert_allclose(motion.target, Q_READY + 0.01)
+    assert FrankaArm("10.0.0.2", realtime=True).robot.realtime_config == franky.RealtimeConfig.Enforce
+
+
+def test_integer_targets_are_sent_as_float64(franky):
+    arm = FrankaArm("10.0.0.2")
+    arm.robot.q = np.array([0, 0, 0, -2, 0, 2, 1], dtype=np.float64)
+    arm.command(np.array([0, 0, 0, -2, 0, 2, 1]))  # an int array: franky would reject it
+    assert arm.robot.moves[-1][0].target.dtype == np.float64
+
+
+def test_reflex_stops_the_trial_with_a_typed_error_and_recover_clears_it(franky):
+    arm = FrankaArm("10.0.0.2")
+    arm.command(Q_READY + 0.02)
+    arm.robot.reflex_on_next_move = True
+    with pytest.raises(ArmError) as info:
+        arm.command(Q_READY + 0.04)
+    assert info.value.kind == "reflex" and "reflex" in info.value.reason and info.value.recoverable
+    # while in the error state nothing is sent; the error says to recover
+    n = len(arm.robot.moves)
+    with pytest.raises(ArmError, match="recover"):
+        arm.command(Q_READY + 0.02)
+    assert len(arm.robot.moves) == n
+    arm.recover()
+    assert arm.robot.recover_calls == 1 and not arm.has_errors
+    arm.command(Q_READY + 0.02)  # a new stream starts from the measured position
+    assert len(arm.robot.moves) == n + 1
+
+
+def test_failed_recovery_is_unrecoverable(franky):
+    arm = FrankaArm("10.0.0.2")
+    arm.robot.has_errors = True
+    arm.robot.recover_ok = False
+    with pytest.raises(ArmError) as info:
+        arm.recover()
+    assert not info.value.recoverable and "Desk" in info.value.reason
+
+
+def test_unsafe_targets_never_reach_franky(franky):
+    arm = FrankaArm("10.0.0.2")
+    for bad in (Q_READY + 0.5, np.full(7, np.inf), Q_READY[:6]):
+        with pytest.raises(UnsafeTargetError):
+            arm.command(bad)
+    assert arm.robot.moves == []
+
+
+def test_gripper_commands_are_paced_and_deduplicated(franky):
+    arm = FrankaArm("10.0.0.2", gripper_min_change=0.005)
+    arm.command(Q_READY, 0.04)
+    arm.command(Q_READY, 0.042)  # smaller than gripper_min_change: not sent
+    assert arm.gripper.commands == [(0.04, 0.1)]
+    arm.gripper.busy = True
+    arm.command(Q_READY, 0.02)  # previous command finished (its future was done): sent
+    arm.command(Q_READY, 0.0)  # the one just sent is still running: kept pending
+    assert [w for w, _ in arm.gripper.commands] == [0.04, 0.02]
+    arm.gripper.busy = False
+    arm._gripper_future.done = True
+    arm.command(Q_READY)  # no width given: the pending width goes out now
+    assert [w for w, _ in arm.gripper.commands] == [0.04, 0.02, 0.0]
+    arm.command(Q_READY, 0.5)  # clamped to the gripper's range
+    assert arm.gripper.commands[-1][0] == pytest.approx(0.08)
+
+
+def test_stop_never_raises_and_dry_run_sends_nothing(franky):
+    arm = FrankaArm("10.0.0.2", dry_run=True)
+    arm.command(Q_READY + 0.01)
+    assert arm.robot.moves == [] and len(arm.dry_run_log) == 1
+    arm.dry_run = False
+    arm.command(Q_READY + 0.01)
+    arm.robot.reflex_on_next_move = True
+    arm.stop()  # the stop motion fails: logged, not raised (stop runs in cleanup paths)
+    arm.close()
+
+
+def test_move_to_checks_the_goal_but_not_the_step(franky):
+    arm = FrankaArm("10.0.0.2")
+    far = Q_READY + np.array([0.5, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0])  # far but safe
+    arm.move_to(far)
+    motion, _ = arm.robot.moves[-1]
+    np.testing.assert_allclose(motion.target, far)
+    behind = Q_READY.copy()
+    behind[0] = 2.6
+    with pytest.raises(UnsafeTargetError, match="workspace"):
+        arm.move_to(behind)
+
+
+def test_from_config(franky):
+    cfg = OmegaConf.load(CONFIG_DIR / "arm" / "franka.yaml")
+    arm = FrankaArm.from_config(cfg, ip="127.0.0.1")
+    assert arm.ip == "127.0.0.1" and arm.relative_dynamics_factor == cfg.relative_dynamics_factor
+    assert arm.safety.limits.mode == cfg.safety.mode
+    np.testing.assert_allclose(arm.safety.limits.workspace_min, list(cfg.safety.workspace_min))
+
+
+def test_connection_refused_with_the_real_franky_client():
+    # nothing listens on 127.0.0.2 (franky-sim binds 127.0.0.1 only): libfranka's real error path
+    with pytest.raises(ArmError) as info:
+        FrankaArm("127.0.0.2")
+    assert info.value.kind == "network" and not info.value.recoverable
+    assert "127.0.0.2" in info.value.reason and "arm=sim" in info.value.reason

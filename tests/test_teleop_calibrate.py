@@ -1,0 +1,100 @@
+"""moss-calibrate with the simulated arm and scripted keyboard events (pygame dummy driver, SimClock)."""
+
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import numpy as np
+import pygame
+import pytest
+import yaml
+
+from robot.calibrate_cli import TargetRecorder, calibrate_targets, main
+from robot.clock import SimClock
+from robot.fr3_kinematics import ee_position
+from tasks.targets import TargetSet, load_targets
+
+SHIPPED = load_targets("movesense_lr")
+
+
+def scripted_keys(script: dict[int, list[tuple[int, bool]]]):
+    """on_step callback posting (key, down) events at given loop steps."""
+
+    def on_step(k: int) -> None:
+        for key, down in script.get(k, []):
+            pygame.event.post(pygame.event.Event(pygame.KEYDOWN if down else pygame.KEYUP, key=key, mod=0,
+                                                 unicode="", scancode=0))
+
+    return on_step
+
+
+def press(key):
+    return [(key, True), (key, False)]
+
+
+def test_records_all_targets_of_a_task_and_writes_the_calibration_file(tmp_path, capsys):
+    out = tmp_path / "movesense_lr.yaml"
+    script = {
+        # home is selected first: jog the flange 5 steps forward (+x), store it
+        2: [(pygame.K_UP, True)],
+        7: [(pygame.K_UP, False)],
+        12: press(pygame.K_RETURN),
+        # left_bowl is selected next: snap to the shipped pose, wait for the arm, store
+        13: press(pygame.K_1),
+        45: press(pygame.K_RETURN),
+        # right_bowl: snap, then jog 3 steps to the robot's right (-y), store
+        46: press(pygame.K_2),
+        90: [(pygame.K_RIGHT, True)],  # the snap takes 3.7 s (1.18 rad at 0.6 rad/s peak)
+        93: [(pygame.K_RIGHT, False)],
+        100: press(pygame.K_RETURN),
+        101: press(pygame.K_s),
+        102: press(pygame.K_ESCAPE),
+    }
+    written = calibrate_targets(["task=movesense_lr", "arm=sim", "teleop=keyboard", f"out={out}"],
+                                clock=SimClock(), max_steps=200, on_step=scripted_keys(script))
+    assert written and out.is_file()
+    log = capsys.readouterr().out
+    assert "stored home" in log and "stored left_bowl" in log and "stored right_bowl" in log
+    ts = TargetSet.load(out)  # the tasks/targets.py format, FK-consistent
+    assert ts.names == ["home", "left_bowl", "right_bowl"]
+    home_shift = ts["home"].ee - SHIPPED["home"].ee
+    np.testing.assert_allclose(home_shift, [0.05, 0.0, 0.0], atol=0.006)  # 5 steps x 0.1 m/s x 0.1 s
+    np.testing.assert_allclose(ts["left_bowl"].q, SHIPPED["left_bowl"].q, atol=0.01)
+    right_shift = ts["right_bowl"].ee - SHIPPED["right_bowl"].ee
+    np.testing.assert_allclose(right_shift, [0.0, -0.03, 0.0], atol=0.006)
+    np.testing.assert_allclose(ts["right_bowl"].ee, ee_position(ts["right_bowl"].q), atol=1e-3)
+    assert yaml.safe_load(out.read_text())["ee"] == "flange"
+
+
+def test_a_partial_session_keeps_the_previous_poses(tmp_path, capsys):
+    out = tmp_path / "fresh.yaml"  # no previous file of this name: the shipped one seeds the poses
+    script = {1: press(pygame.K_TAB), 2: press(pygame.K_RETURN), 3: press(pygame.K_ESCAPE)}
+    written = calibrate_targets(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
+                                on_step=scripted_keys(script))
+    # the other targets have poses from the shipped file, so the set is complete and is written
+    assert written
+    ts = TargetSet.load(out)
+    assert ts.names == ["home", "red_cup", "green_cup", "blue_cup"]
+    np.testing.assert_allclose(ts["home"].q, load_targets("pongpredict")["home"].q, atol=1e-4)
+    assert "stored red_cup" in capsys.readouterr().out
+
+
+def test_recorder_selection_and_completeness():
+    rec = TargetRecorder(["home", "a", "b"])
+    assert rec.current == "home" and not rec.complete
+    rec.store(np.zeros(7))
+    assert rec.current == "a"
+    rec.select(+1)
+    rec.store(np.ones(7))
+    assert rec.current == "a"  # the only target still missing
+    rec.store(np.full(7, 2.0))
+    assert rec.complete and list(rec.configs()) == ["home", "a", "b"]
+    assert "[" in rec.status()
+
+
+def test_main_dispatches_crop_and_help(tmp_path, capsys):
+    assert main(["--help"]) == 0
+    assert "moss-calibrate" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["crop", "camera=nonexistent"])
