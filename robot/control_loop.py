@@ -1,0 +1,229 @@
+"""The one control loop: camera -> crop -> observation -> controller -> safety -> arm (-> episode writer).
+
+Used unchanged for simulated collection and evaluation, and for real recordings and trials; only the
+parts plugged in differ (SimCamera/ZED, SimArm/franky arm, scripted operator/teleop/policy,
+SimClock/RealClock). Each period (0.1 s by default), at tick k:
+
+  1. read the newest camera frame, crop it to the display at the policy resolution;
+  2. read the arm state; look up the stimulus ground truth at the frame's capture time (if a stimulus
+     source is given: what the frame shows);
+  3. obs = {image, state, instruction, stimulus, t, frame_timestamp} -> controller.select_action -> (8,);
+  4. the safety hook checks (and may clip) the action or stops the loop (raise SafetyStop);
+  5. arm.command(joints, gripper) (the arm runs robot/safety.py and may raise ArmError, which ends the
+     loop too); optionally writer.add_frame(all episode keys; `timestamp` is the frame's capture time,
+     `state` the arm state read in step 2, `action` what was sent);
+  6. deadline accounting: latency = command time - tick on the loop clock (a step "misses its
+     deadline" when its command goes out after the next tick), wall-clock compute time per step;
+     with RealClock the loop sleeps to the next tick and skips ticks it is too late for.
+
+`run()` returns a LoopResult with the reason the loop ended. Extension points for the real rig:
+`stop_conditions` (callables StepInfo -> reason or None: stall detection, stop keys, ...) and
+`on_step` callbacks (live display, logging).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from robot.cameras.grabber import CameraError, EndOfStream
+from robot.clock import Clock
+from robot.fr3_kinematics import Q_MAX, Q_MIN
+from robot.interfaces import Arm, ArmState, Camera, Frame
+from robot.safety import ArmError, UnsafeTargetError
+
+
+class SafetyStop(RuntimeError):
+    """Raised by a safety hook: the loop stops the arm and ends with reason "safety"."""
+
+
+class JointLimitSafety:
+    """Default safety hook: reject non-finite actions (SafetyStop) and clip joint targets into the FR3
+    limits minus `margin`. The arms run the full checks of robot/safety.py (steps, deviation, workspace)
+    in their `command`, and raise ArmError, which also ends the loop."""
+
+    def __init__(self, margin: float = 0.05) -> None:  # = robot.safety.SafetyLimits.joint_margin
+        self.margin = float(margin)
+        self.n_clipped = 0
+
+    def __call__(self, action: np.ndarray, state: ArmState) -> np.ndarray:
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (8,) or not np.all(np.isfinite(action)):
+            raise SafetyStop(f"controller returned an invalid action (need 8 finite values): {action!r}")
+        q = np.clip(action[:7], Q_MIN + self.margin, Q_MAX - self.margin)
+        if not np.array_equal(q, action[:7]):
+            self.n_clipped += 1
+        return np.concatenate([q, action[7:]])
+
+
+@dataclass
+class StepInfo:
+    """Everything about one control step (handed to stop conditions and on_step callbacks)."""
+
+    index: int  # step number from 0
+    tick: float  # scheduled start on the loop clock
+    frame: Frame  # raw camera frame
+    observation: dict[str, Any]
+    state: ArmState  # arm state the controller saw
+    action: np.ndarray  # (8,) what was sent to the arm (after the safety hook)
+    latency: float  # command time - tick, loop clock seconds
+    compute: float  # wall-clock seconds spent in this step
+
+
+@dataclass
+class LoopResult:
+    """Why and when the loop ended, and its timing statistics."""
+
+    # "duration", "max_steps", "safety", "arm", "camera", "end_of_stream", "interrupted" or a stop condition's
+    reason: str
+    message: str = ""
+    n_steps: int = 0
+    t_start: float = 0.0
+    t_end: float = 0.0
+    latencies: list[float] = field(default_factory=list)  # s, per step (loop clock)
+    compute_times: list[float] = field(default_factory=list)  # s, per step (wall clock)
+    missed_deadlines: int = 0  # steps whose command went out after the next tick
+    skipped_ticks: int = 0  # ticks dropped because the loop was more than a period late
+
+    @staticmethod
+    def _pct(values: list[float], q: float) -> float:
+        return float(np.percentile(values, q)) if values else float("nan")
+
+    def summary(self) -> dict[str, Any]:
+        """Timing in milliseconds, JSON-friendly."""
+        return {
+            "reason": self.reason,
+            "message": self.message,
+            "n_steps": self.n_steps,
+            "duration_s": self.t_end - self.t_start,
+            "latency_ms_p50": 1e3 * self._pct(self.latencies, 50),
+            "latency_ms_p99": 1e3 * self._pct(self.latencies, 99),
+            "compute_ms_p50": 1e3 * self._pct(self.compute_times, 50),
+            "compute_ms_p99": 1e3 * self._pct(self.compute_times, 99),
+            "missed_deadlines": self.missed_deadlines,
+            "skipped_ticks": self.skipped_ticks,
+        }
+
+
+StopCondition = Callable[[StepInfo], "str | None"]
+
+
+class ControlLoop:
+    """The fixed-rate loop (see module docstring). `controller` has `select_action(obs) -> (8,)`;
+    `stimulus(t)` gives the StimulusState at camera time t (or None); `writer` an EpisodeWriter whose
+    episode the caller started (the caller commits or discards it, knowing why the loop ended)."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        camera: Camera,
+        crop: Callable[[np.ndarray], np.ndarray],
+        arm: Arm,
+        controller: Any,
+        instruction: str,
+        stimulus: Callable[[float], Any] | None = None,
+        safety: Callable[[np.ndarray, ArmState], np.ndarray] | None = None,
+        writer: Any | None = None,
+        period: float = 0.1,
+        camera_timeout: float = 1.0,
+    ) -> None:
+        if period <= 0:
+            raise ValueError(f"ControlLoop: period must be > 0 s, got {period}")
+        self.clock, self.camera, self.crop, self.arm = clock, camera, crop, arm
+        self.controller, self.instruction, self.stimulus = controller, instruction, stimulus
+        self.safety = JointLimitSafety() if safety is None else safety
+        self.writer, self.period, self.camera_timeout = writer, float(period), float(camera_timeout)
+
+    def step(self, index: int, tick: float) -> StepInfo:
+        """One control step (steps 1-5 of the module docstring)."""
+        wall0 = time.perf_counter()
+        frame = self.camera.read(timeout=self.camera_timeout)
+        image = self.crop(frame.image)
+        state = self.arm.state()
+        stim = self.stimulus(frame.timestamp) if self.stimulus is not None else None
+        obs = {
+            "image": image,
+            "state": state.as_vector(),
+            "instruction": self.instruction,
+            "stimulus": stim,
+            "t": self.clock.now(),
+            "frame_timestamp": frame.timestamp,
+        }
+        action = np.asarray(self.safety(np.asarray(self.controller.select_action(obs)), state), dtype=np.float64)
+        self.arm.command(action[:7], float(action[7]))
+        latency = self.clock.now() - tick
+        if self.writer is not None:
+            record = stim.as_record() if stim is not None else {}
+            self.writer.add_frame(image=image, state=obs["state"], action=action.astype(np.float32),
+                                  timestamp=float(frame.timestamp), **record)
+        return StepInfo(index, tick, frame, obs, state, action, latency, time.perf_counter() - wall0)
+
+    def run(
+        self,
+        duration: float | None = None,
+        max_steps: int | None = None,
+        stop_conditions: Sequence[StopCondition] = (),
+        on_step: Sequence[Callable[[StepInfo], None]] = (),
+    ) -> LoopResult:
+        """Run until `duration` seconds of loop time, `max_steps` steps, a stop condition, a safety stop,
+        a camera failure or Ctrl-C. The arm is stopped on every abnormal end; other exceptions stop the
+        arm and propagate."""
+        if duration is None and max_steps is None and not stop_conditions:
+            raise ValueError("ControlLoop.run: give a duration, max_steps or a stop condition")
+        n_ticks = math.inf if duration is None else max(1, math.ceil(duration / self.period - 1e-9))
+        t0 = self.clock.now()
+        result = LoopResult(reason="", t_start=t0)
+        k = 0
+        try:
+            while True:
+                if k >= n_ticks:
+                    result.reason = "duration"
+                    break
+                if max_steps is not None and result.n_steps >= max_steps:
+                    result.reason = "max_steps"
+                    break
+                tick = t0 + k * self.period
+                self.clock.sleep_until(tick)
+                info = self.step(result.n_steps, tick)
+                result.n_steps += 1
+                result.latencies.append(info.latency)
+                result.compute_times.append(info.compute)
+                if info.latency > self.period:
+                    result.missed_deadlines += 1
+                for callback in on_step:
+                    callback(info)
+                reason = next((r for r in (cond(info) for cond in stop_conditions) if r), None)
+                if reason:
+                    result.reason = reason
+                    break
+                # next tick; if we are already past it by more than a period, drop the ticks we missed
+                k += 1
+                behind = int((self.clock.now() - t0) / self.period) - k
+                if behind > 0:
+                    result.skipped_ticks += behind
+                    k += behind
+        except (SafetyStop, UnsafeTargetError) as e:
+            result.reason, result.message = "safety", str(e)
+            self.arm.stop()
+        except ArmError as e:  # reflex, lost connection, ...: the arm refused or stopped
+            result.reason, result.message = "arm", str(e)
+            self.arm.stop()
+        except EndOfStream as e:
+            result.reason, result.message = "end_of_stream", str(e)
+            self.arm.stop()
+        except CameraError as e:
+            result.reason, result.message = "camera", str(e)
+            self.arm.stop()
+        except KeyboardInterrupt:
+            result.reason, result.message = "interrupted", "Ctrl-C"
+            self.arm.stop()
+        except BaseException:
+            self.arm.stop()
+            raise
+        result.t_end = self.clock.now()
+        return result

@@ -1,0 +1,185 @@
+"""The simulated rig, assembled from config: task display -> virtual ZED -> crop -> controller -> SimArm.
+
+`build_sim_rig(cfg, seed)` makes every part of one episode from the composed `configs/sim.yaml`
+(groups task, camera, arm, teleop, rig) and a seed; `SimRig.run_episode(controller, writer)` runs the
+one control loop (robot/control_loop.py) over the task on a SimClock, writes the episode if a writer
+is given, and scores it with tasks/scoring.py. Collection (`moss-sim collect`) and evaluation of a
+policy both go through `run_episode`; only the controller differs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from robot.clock import SimClock
+from robot.control_loop import ControlLoop, JointLimitSafety, LoopResult, StepInfo
+from robot.display_crop import DisplayCrop
+from robot.safety import SafetyChecker, SafetyLimits
+from robot.sim_arm import SimArm
+from robot.sim_camera import SimCamera
+from tasks import make_task
+from tasks.scoring import ScoreSummary, score_interactions
+from tasks.scripted_operator import ScriptedOperator
+from tasks.stimulus import StimulusTask
+from tasks.targets import TargetSet, load_targets
+
+
+@dataclass
+class EpisodeOutcome:
+    """What one simulated episode produced."""
+
+    seed: int
+    loop: LoopResult
+    score: ScoreSummary
+    times: np.ndarray  # (N,) arm state times (s, = stimulus time)
+    q: np.ndarray  # (N, 7) arm joint positions at those times
+    episode_index: int | None  # index in the store, None if not written (or not committed)
+
+
+def _plain(cfg: Any) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+def label_targets(task_cfg: Mapping[str, Any], label_names: list[str]) -> dict[int, str]:
+    """label index -> target name, from the task config's `targets.labels` map (label name -> target)."""
+    labels = task_cfg["targets"]["labels"]
+    missing = [n for n in label_names if n not in labels]
+    if missing:
+        raise ValueError(f"task config {task_cfg.get('name')}: targets.labels has no target for labels {missing}")
+    return {i: str(labels[n]) for i, n in enumerate(label_names)}
+
+
+@dataclass
+class SimRig:
+    """All parts of one simulated episode (fresh per episode: a rig is cheap to build)."""
+
+    cfg: DictConfig
+    seed: int
+    task: StimulusTask
+    targets: TargetSet
+    label_to_target: dict[int, str]
+    clock: SimClock
+    camera: SimCamera
+    crop: DisplayCrop
+    arm: SimArm
+
+    @property
+    def period(self) -> float:
+        return float(self.cfg.rig.period)
+
+    def stimulus(self, t: float):
+        """Ground truth of what the display shows at camera time t (the 60 Hz refresh before t)."""
+        return self.task.state(self.camera.display_time(t))
+
+    def scripted_operator(self) -> ScriptedOperator:
+        """The scripted operator configured by the `teleop` group, seeded with the episode seed."""
+        tc = self.cfg.teleop
+        return ScriptedOperator(
+            self.targets, self.label_to_target, seed=self.seed,
+            reaction_time=tuple(tc.reaction_time), move_time=tuple(tc.move_time),
+            min_move_time=tc.min_move_time, hold_time=tuple(tc.hold_time), return_time=tuple(tc.return_time),
+            joint_noise=tc.joint_noise, finish_margin=float(self.cfg.rig.scoring.dwell) + float(tc.deadline_margin),
+            gripper_width=tc.gripper_width, max_joint_speed=tc.max_joint_speed,
+        )
+
+    def store_meta(self) -> dict[str, Any]:
+        """Store-level metadata of a simulated recording (camera, display, rig)."""
+        cam = _plain(self.cfg.camera)
+        cam["crop"] = self.crop.to_config()
+        return {
+            "fps": round(1.0 / self.period, 6),
+            "camera": cam,
+            "display": {"screen_size": list(self.task.screen_size), "fps": float(self.cfg.camera.display_fps)},
+            "rig": {"type": "sim", "arm": _plain(self.cfg.arm), **_plain(self.cfg.rig)},
+        }
+
+    def episode_meta(self, operator: str) -> dict[str, Any]:
+        meta = self.task.meta()
+        meta.update(
+            operator=operator,
+            start_time=time.time(),
+            sim=True,
+            targets={
+                "calibration": str(self.cfg.task.targets.calibration),
+                "label_to_target": {self.task.label_names[i]: n for i, n in self.label_to_target.items()},
+                "ee": {n: self.targets[n].ee.tolist() for n in self.targets.names},
+            },
+        )
+        return meta
+
+    def score(self, times: np.ndarray, q: np.ndarray) -> ScoreSummary:
+        sc = self.cfg.rig.scoring
+        return score_interactions(times, q, self.task.interactions, self.label_to_target,
+                                  self.targets.ee_positions(sorted(set(self.label_to_target.values()))),
+                                  tolerance=float(sc.tolerance), dwell=float(sc.dwell))
+
+    def run_episode(self, controller: Any, writer: Any | None = None, operator: str | None = None) -> EpisodeOutcome:
+        """Run the task once with `controller` (policy or operator), write it (committed only if the loop
+        ran to the end) and score it. The success labels go into the episode metadata. A rig runs one
+        episode (its clock, arm and camera move on): build a new one for the next."""
+        if self.clock.now() != 0.0:
+            raise RuntimeError("SimRig.run_episode: this rig already ran an episode; build_sim_rig(cfg, seed) again")
+        safety = JointLimitSafety(**_plain(self.cfg.rig.safety))
+        loop = ControlLoop(self.clock, self.camera, self.crop, self.arm, controller, self.task.instruction,
+                           stimulus=self.stimulus, safety=safety, writer=writer, period=self.period,
+                           camera_timeout=float(self.cfg.rig.camera_timeout))
+        log_t: list[float] = []
+        log_q: list[np.ndarray] = []
+
+        def record(info: StepInfo) -> None:
+            log_t.append(info.state.timestamp)
+            log_q.append(info.state.q)
+
+        controller.reset()
+        name = operator or getattr(controller, "name", type(controller).__name__)
+        if writer is not None:
+            writer.start_episode(self.episode_meta(name))
+        try:
+            result = loop.run(duration=self.task.duration + float(self.cfg.rig.tail), on_step=[record])
+        except BaseException:
+            if writer is not None:
+                writer.discard()
+            raise
+        times, q = np.asarray(log_t), np.asarray(log_q).reshape(-1, 7)
+        score = self.score(times, q)
+        index = None
+        if writer is not None:
+            if result.reason == "duration":
+                index = writer.commit({"success": bool(score.n and score.n_success == score.n),
+                                       "score": score.to_dict(), "loop": result.summary()})
+            else:
+                writer.discard()
+        return EpisodeOutcome(self.seed, result, score, times, q, index)
+
+
+def build_sim_rig(cfg: DictConfig, seed: int) -> SimRig:
+    """Every part of one simulated episode from the composed sim config and the episode seed."""
+    task = make_task(cfg.task, seed)
+    targets = load_targets(str(cfg.task.targets.calibration), home=str(cfg.task.targets.get("rest", "home")))
+    label_to_target = label_targets(cfg.task, task.label_names)
+    for name in label_to_target.values():
+        targets[name]  # a missing target fails here, naming the calibration file
+    clock = SimClock(0.0)
+    rng = np.random.default_rng([int(seed), 0xA12])
+    q0 = targets.home.q + rng.normal(0.0, float(cfg.rig.home_noise), 7)
+    ac = cfg.arm
+    arm = SimArm(clock, q0=q0, omega=ac.omega, velocity_scale=ac.velocity_scale,
+                 acceleration_scale=ac.acceleration_scale, substep=ac.substep, gripper_speed=ac.gripper_speed,
+                 gripper_width=float(cfg.teleop.get("gripper_width", 0.0)),
+                 safety=SafetyChecker(SafetyLimits.from_config(_plain(ac.safety))) if "safety" in ac else None)
+    cc = cfg.camera
+    camera = SimCamera(
+        task.render, clock, display_corners=list(cc.display_corners), raw_size=tuple(cc.raw_size), fps=cc.fps,
+        display_fps=cc.display_fps, phase=cc.phase, latency=cc.latency, jitter_std=cc.jitter_std,
+        blur_sigma=cc.blur_sigma, noise_std=cc.noise_std, exposure_gain=tuple(cc.exposure_gain),
+        exposure_drift=cc.exposure_drift, exposure_step_rate=cc.exposure_step_rate,
+        exposure_step_size=cc.exposure_step_size, black_level=cc.black_level, seed=seed, scene_seed=cc.scene_seed,
+    )
+    crop = DisplayCrop.from_config(cc.crop)
+    return SimRig(cfg, int(seed), task, targets, label_to_target, clock, camera, crop, arm)

@@ -1,0 +1,69 @@
+"""Scripted operator (tasks/scripted_operator.py) driving an ideal arm through real task timelines."""
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from moss_vla.paths import CONFIG_DIR
+from robot.fr3_kinematics import ee_position
+from tasks import make_task
+from tasks.scoring import score_interactions
+from tasks.scripted_operator import ScriptedOperator, min_jerk
+from tasks.sim_rig import label_targets
+from tasks.targets import load_targets
+
+
+def run(task_name, seed, **kw):
+    cfg = OmegaConf.load(CONFIG_DIR / "task" / f"{task_name}.yaml")
+    task = make_task(cfg, seed)
+    targets = load_targets(cfg.targets.calibration, home=cfg.targets.rest)
+    labels = label_targets(cfg, task.label_names)
+    op = ScriptedOperator(targets, labels, seed=seed, finish_margin=0.5, **kw)
+    q = targets.home.q.copy()
+    times, log, actions = np.arange(0.0, task.duration, 0.1), [], []
+    for t in times:  # an ideal arm: it is where it was commanded one step ago
+        log.append(q.copy())
+        a = op.select_action({"stimulus": task.state(t), "state": np.concatenate([q, [0.0]])})
+        actions.append(a)
+        q = a[:7].astype(np.float64)
+    score = score_interactions(times, np.array(log), task.interactions, labels,
+                               targets.ee_positions(sorted(set(labels.values()))), 0.05, 0.3)
+    return task, targets, times, np.array(log), np.array(actions), score
+
+
+@pytest.mark.parametrize("task_name", ["movesense_lr", "movesense_rot", "pongpredict"])
+def test_operator_points_at_the_right_target_in_time(task_name):
+    task, _, _, _, actions, score = run(task_name, seed=3)
+    assert score.n == len(task.interactions) >= 3
+    assert score.success_rate == 1.0, [r.reason for r in score.results]
+    # human-like: never before the reaction time (0.35 s) plus a motion, within the deadline
+    for r in score.results:
+        assert 0.35 + 0.5 < r.reaction_time < r.deadline - r.onset
+    # the motions respect the arm's safety step (0.1 rad per 0.1 s) and are smooth
+    assert np.abs(np.diff(actions[:, :7], axis=0)).max() <= 0.1
+    assert np.all(actions[:, 7] == 0.0)
+
+
+def test_operator_returns_home_between_interactions():
+    task, targets, times, q, _, _ = run("movesense_lr", seed=1)
+    ee = ee_position(q)
+    home = np.linalg.norm(ee - targets.home.ee, axis=1) < 0.05
+    for prev, nxt in zip(task.interactions[:-1], task.interactions[1:]):
+        between = (times > prev.onset) & (times < nxt.onset + 0.35)
+        assert home[between].any()
+
+
+def test_operator_is_deterministic_per_seed():
+    a = run("pongpredict", seed=7)[4]
+    b = run("pongpredict", seed=7)[4]
+    c = run("pongpredict", seed=8)[4]
+    np.testing.assert_array_equal(a, b)
+    assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_min_jerk_profile():
+    assert min_jerk(0.0) == 0.0 and min_jerk(1.0) == 1.0 and min_jerk(0.5) == pytest.approx(0.5)
+    assert min_jerk(-1) == 0.0 and min_jerk(2) == 1.0
+    s = np.linspace(0, 1, 1001)
+    v = np.gradient([min_jerk(x) for x in s], s)
+    assert v.max() == pytest.approx(1.875, rel=1e-3) and v[0] < 1e-3 and v[-1] < 1e-3
