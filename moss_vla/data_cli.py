@@ -1,0 +1,120 @@
+"""`moss-data`: inspect, validate, repair and export episode stores (data/README.md).
+
+  moss-data info PATH [--json]             episodes, frames, tasks, duration, success labels
+  moss-data check PATH [--quick]           validate the store; exit code 0 (ok) or 1 (problems)
+  moss-data repair PATH                    truncate uncommitted data left by an interrupted writer
+  moss-data export-lerobot SRC DST         write a LeRobotDataset (v3.0, video) for lerobot 0.4.4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from moss_vla.episodes.schema import SchemaError
+from moss_vla.episodes.store import StoreError
+
+
+def _info(args: argparse.Namespace) -> int:
+    from moss_vla.episodes.check import store_info
+
+    info = store_info(args.path)
+    if args.json:
+        print(json.dumps(info, indent=1))
+        return 0
+    print(f"{info['path']}  (schema v{info['schema_version']}, {info['fps']} fps, image {info['image_shape']})")
+    print(f"  episodes: {info['episodes']}   frames: {info['frames']}   duration: {info['duration_s']:.1f} s")
+    if info["episode_length"]:
+        el = info["episode_length"]
+        print(f"  episode length (frames): min {el['min']}  mean {el['mean']}  max {el['max']}")
+    print("  tasks: " + (", ".join(f"{t} ({n})" for t, n in info["tasks"].items()) or "-"))
+    for text in info["instructions"]:
+        print(f"    instruction: {text}")
+    sl = info["success_labels"]
+    labels = ", ".join(f"{k}: {v['true']} true / {v['false']} false" for k, v in sl.items() if isinstance(v, dict))
+    print(f"  success labels: {sl['episodes_labelled']} of {info['episodes']} episodes labelled"
+          + (f" ({labels})" if labels else ""))
+    if info["operators"]:
+        print("  operators: " + ", ".join(f"{k} ({n})" for k, n in info["operators"].items()))
+    if info["camera"]:
+        print(f"  camera: {json.dumps(info['camera'])}")
+    if info["display"]:
+        print(f"  display: {json.dumps(info['display'])}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from moss_vla.episodes.check import check_store
+
+    res = check_store(args.path, images=not args.quick, progress=True)
+    for w in res.warnings:
+        print(f"warning: {w}")
+    for e in res.errors:
+        print(f"error: {e}")
+    if res.ok:
+        print(f"ok: {res.path}: {res.n_episodes} episodes, {res.n_frames} frames")
+        return 0
+    print(f"FAILED: {res.path}: {len(res.errors)} problem(s)")
+    return 1
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from moss_vla.episodes.store import open_root
+    from moss_vla.episodes.writer import EpisodeWriter
+
+    shape = tuple(open_root(args.path).attrs.get("image_shape", ()))
+    with EpisodeWriter(args.path, image_shape=shape) as w:  # opening for writing is the repair
+        print(w.recovery)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from moss_vla.episodes.lerobot_export import export_lerobot
+
+    dst = export_lerobot(args.src, args.dst, repo_id=args.repo_id, use_videos=not args.images,
+                         vcodec=args.vcodec)
+    print(f"wrote LeRobotDataset to {dst}; load it with "
+          f"LeRobotDataset({args.repo_id or 'local/<name>'!r}, root={str(dst)!r}, video_backend='pyav')")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="moss-data", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("info", help="summarise a store")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_info)
+    p = sub.add_parser("check", help="validate a store (exit code 0 ok, 1 problems)")
+    p.add_argument("path")
+    p.add_argument("--quick", action="store_true", help="skip decoding every image chunk")
+    p.set_defaults(func=_check)
+    p = sub.add_parser("repair", help="truncate uncommitted data of an interrupted writer")
+    p.add_argument("path")
+    p.set_defaults(func=_repair)
+    p = sub.add_parser("export-lerobot", help="write a LeRobotDataset v3.0 (lerobot 0.4.4)")
+    p.add_argument("src")
+    p.add_argument("dst", help="new directory (the dataset root)")
+    p.add_argument("--repo-id", default=None, help="LeRobot repo id (default local/<store name>)")
+    p.add_argument("--vcodec", default="libsvtav1", help="video codec (libsvtav1, h264, hevc)")
+    p.add_argument("--images", action="store_true",
+                   help="store PNG image features instead of video (fallback if no video encoder works)")
+    p.set_defaults(func=_export)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (StoreError, SchemaError, FileExistsError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Training windows over an episode store: T past frames, the state now, the next H actions.
+
+Item for global step i of an episode [s, e):
+  image (T, 3, H, W) float32 in [0, 1]: frames i-T+1 .. i; before s the frame s is repeated and
+      `image_is_pad` marks the repeats (T = 8 at 10 FPS for the multi-frame policy, 1 single-frame);
+  state (8,) at i; action (H, 8) for steps i .. i+H-1, past e-1 the last action is repeated and
+      `action_is_pad` marks it (H = 16); instruction, task, episode, index.
+Small arrays (state, action) are cached in RAM; images are read per window from a zarr handle
+opened lazily in each process, so DataLoader workers (num_workers > 0) each get their own.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from moss_vla.episodes.store import EpisodeStore, FrameChunkReader
+
+
+@dataclass
+class AugmentConfig:
+    """Image augmentation, one draw per window (all T frames get the same jitter and shift, so the
+    motion between frames is untouched)."""
+
+    enabled: bool = False
+    brightness: float = 0.0  # factor drawn from [1 - b, 1 + b]
+    contrast: float = 0.0
+    saturation: float = 0.0
+    hue: float = 0.0  # shift drawn from [-h, h], at most 0.5
+    max_shift_px: int = 0  # random translation by up to this many pixels (replicate-padded crop)
+
+    @classmethod
+    def from_any(cls, cfg: Any) -> AugmentConfig:
+        if cfg is None:
+            return cls()
+        if isinstance(cfg, cls):
+            return cfg
+        known = {f.name for f in fields(cls)}
+        items = dict(cfg.items())
+        unknown = sorted(set(items) - known)
+        if unknown:
+            raise ValueError(f"augmentation: unknown keys {unknown}; known: {sorted(known)}")
+        return cls(**items)
+
+
+# RGB <-> YIQ: a hue shift is a rotation of the (I, Q) chroma plane, so brightness, saturation and hue
+# together are one 3x3 colour matrix. torchvision's adjust_hue goes through HSV and costs ~100x more
+# on an (8, 3, 224, 224) window, which would make augmentation the bottleneck of CPU training.
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ2RGB = torch.linalg.inv(_RGB2YIQ)
+_GRAY = _RGB2YIQ[0]  # luma weights (ITU-R 601), as torchvision's rgb_to_grayscale
+
+
+def colour_matrix(brightness: float, saturation: float, hue: float) -> torch.Tensor:
+    """3x3 matrix: scale by `brightness`, blend with grey by `saturation`, rotate hue by `hue` turns."""
+    theta = -2 * torch.pi * hue  # sign: same direction as torchvision's adjust_hue
+    c, s = float(np.cos(theta)), float(np.sin(theta))
+    rot = torch.tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+    sat = saturation * torch.eye(3) + (1 - saturation) * torch.ones(3, 1) * _GRAY[None, :]
+    return brightness * (_YIQ2RGB @ rot @ _RGB2YIQ) @ sat
+
+
+def shift_edge(raw: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Translate (T, H, W, C) frames by (dy, dx) pixels, replicating the edge (crop one side, pad the
+    other): out[:, y, x] = raw[:, clip(y + dy), clip(x + dx)]."""
+    _, h, w, _ = raw.shape
+    crop = raw[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)]
+    return np.pad(crop, ((0, 0), (max(-dy, 0), max(dy, 0)), (max(-dx, 0), max(dx, 0)), (0, 0)), mode="edge")
+
+
+def to_float_chw(raw: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, H, W) float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(raw)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def augment_window(raw: np.ndarray, cfg: AugmentConfig, gen: torch.Generator | None = None) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, H, W) float32 in [0, 1] with a random shift and colour jitter drawn
+    once for the whole window.
+
+    The shift runs on the uint8 frames; brightness, saturation, hue and contrast fold into one affine
+    colour map (contrast blends with each frame's mean grey, a linear function of its mean colour), so
+    the float window is touched by one matrix product and one clamp.
+    """
+
+    def uniform(lo: float, hi: float) -> float:
+        return float(lo + (hi - lo) * torch.rand((), generator=gen))
+
+    def factor(amount: float) -> float:
+        return uniform(max(0.0, 1 - amount), 1 + amount) if amount > 0 else 1.0
+
+    if cfg.max_shift_px > 0:
+        p = int(cfg.max_shift_px)
+        dy, dx = (int(v) - p for v in torch.randint(0, 2 * p + 1, (2,), generator=gen))
+        if dy or dx:
+            raw = shift_edge(raw, dy, dx)
+    b, sat, con = factor(cfg.brightness), factor(cfg.saturation), factor(cfg.contrast)
+    hue = uniform(-cfg.hue, cfg.hue) if cfg.hue > 0 else 0.0
+    if (b, sat, hue, con) == (1.0, 1.0, 0.0, 1.0):
+        return to_float_chw(raw)
+    t, h, w, ch = raw.shape
+    x = torch.from_numpy(np.ascontiguousarray(raw)).reshape(t, h * w, ch).float().div_(255.0)  # (T, HW, 3)
+    m = colour_matrix(b, sat, hue)
+    grey_mean = (x.mean(1) @ m.T) @ _GRAY  # (T,) mean grey of each jittered frame
+    y = x @ (con * m).T  # (T, HW, 3)
+    y += ((1 - con) * grey_mean)[:, None, None]
+    return y.clamp_(0.0, 1.0).reshape(t, h, w, ch).permute(0, 3, 1, 2)
+
+
+def split_episodes(n_episodes: int, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """Deterministic train/validation split by episode. At least one validation episode whenever
+    val_fraction > 0 and there are two or more episodes."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(n_episodes)
+    n_val = round(n_episodes * val_fraction)
+    if val_fraction > 0 and n_val == 0 and n_episodes >= 2:
+        n_val = 1
+    val, train = sorted(order[:n_val].tolist()), sorted(order[n_val:].tolist())
+    return train, val
+
+
+class WindowDataset(Dataset):
+    """One item per frame of the selected episodes (see the module docstring)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        episodes: Sequence[int] | None = None,
+        n_frames: int = 8,
+        horizon: int = 16,
+        augment: AugmentConfig | dict | None = None,
+    ) -> None:
+        if n_frames < 1 or horizon < 1:
+            raise ValueError(f"n_frames and horizon must be >= 1, got {n_frames}, {horizon}")
+        self.path = Path(path)
+        self.n_frames, self.horizon = int(n_frames), int(horizon)
+        self.augment = AugmentConfig.from_any(augment)
+        store = EpisodeStore(self.path)
+        self.episodes = list(range(store.n_episodes)) if episodes is None else sorted(int(e) for e in episodes)
+        bad = [e for e in self.episodes if not 0 <= e < store.n_episodes]
+        if bad:
+            raise IndexError(f"{self.path}: episodes {bad} do not exist (the store has {store.n_episodes})")
+        self.image_shape = tuple(store.meta["image_shape"])
+        self.fps = store.fps
+        # RAM cache of the small arrays (a few MB even for hours of data)
+        self._state = store.read("state")
+        self._action = store.read("action")
+        self._starts = store.episode_starts.copy()
+        self._ends = store.episode_ends.copy()
+        metas = store.episode_metas
+        self._instruction = [m["instruction"] for m in metas]
+        self._task = [m["task"] for m in metas]
+        lengths = [int(self._ends[e] - self._starts[e]) for e in self.episodes]
+        self._frame = np.concatenate([np.arange(self._starts[e], self._ends[e]) for e in self.episodes]
+                                     ) if self.episodes else np.zeros(0, np.int64)
+        self._episode = np.repeat(np.array(self.episodes, dtype=np.int64), lengths)
+        self._images = None  # FrameChunkReader (or zarr array), opened lazily per process
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_images"] = None  # each DataLoader worker opens its own handle
+        return state
+
+    def _read_images(self, frames: np.ndarray) -> np.ndarray:
+        """(T, H, W, 3) uint8 for global frame indices (repeats allowed)."""
+        if self._images is None:
+            store = EpisodeStore(self.path)
+            self._images = store.frame_reader("image") or store.arrays["image"]
+        if isinstance(self._images, FrameChunkReader):
+            return self._images.read(frames)
+        first = int(frames[0])
+        raw = self._images[first:int(frames[-1]) + 1]  # one contiguous read through zarr
+        return raw[frames - first]  # repeat the first frame where padded
+
+    @property
+    def instructions(self) -> list[str]:
+        return [self._instruction[e] for e in self.episodes]
+
+    def window_indices(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Frame indices (T,) with pad mask and action indices (H,) with pad mask for item k."""
+        i, e = int(self._frame[k]), int(self._episode[k])
+        s, end = int(self._starts[e]), int(self._ends[e])
+        frames = np.arange(i - self.n_frames + 1, i + 1)
+        image_pad = frames < s
+        actions = np.arange(i, i + self.horizon)
+        action_pad = actions >= end
+        return np.maximum(frames, s), image_pad, np.minimum(actions, end - 1), action_pad
+
+    def __getitem__(self, k: int) -> dict[str, Any]:
+        if not -len(self) <= k < len(self):
+            raise IndexError(f"window {k} out of range ({len(self)} windows)")
+        k %= len(self)
+        frames, image_pad, actions, action_pad = self.window_indices(k)
+        raw = self._read_images(frames)  # (T, H, W, 3) uint8
+        images = augment_window(raw, self.augment) if self.augment.enabled else to_float_chw(raw)
+        i, e = int(self._frame[k]), int(self._episode[k])
+        return {
+            "image": images,  # (T, 3, H, W)
+            "image_is_pad": torch.from_numpy(image_pad),  # (T,)
+            "state": torch.from_numpy(self._state[i].copy()),  # (8,)
+            "action": torch.from_numpy(self._action[actions]),  # (H, 8)
+            "action_is_pad": torch.from_numpy(action_pad),  # (H,)
+            "instruction": self._instruction[e],
+            "task": self._task[e],
+            "episode": e,
+            "index": i,
+        }
+
+    @classmethod
+    def from_config(
+        cls, cfg: Any, path: str | os.PathLike | None = None
+    ) -> tuple[WindowDataset, WindowDataset | None, dict[str, dict[str, list]]]:
+        """Train and validation datasets (validation: no augmentation; None if val_fraction is 0) and
+        the normalisation statistics of the training episodes, from a `configs/dataset` node."""
+        from moss_vla.episodes.normalization import load_or_compute_stats
+
+        path = Path(path if path is not None else cfg.path)
+        store = EpisodeStore(path)
+        train_eps, val_eps = split_episodes(store.n_episodes, float(cfg.val_fraction), int(cfg.split_seed))
+        if not train_eps:
+            raise ValueError(f"{path}: no training episodes (the store has {store.n_episodes})")
+        aug = cfg.get("augment") if hasattr(cfg, "get") else getattr(cfg, "augment", None)
+        train = cls(path, train_eps, cfg.n_frames, cfg.horizon, augment=aug)
+        val = cls(path, val_eps, cfg.n_frames, cfg.horizon, augment=None) if val_eps else None
+        stats_path = cfg.get("stats_path") if hasattr(cfg, "get") else None
+        stats = load_or_compute_stats(store, train_eps, stats_path)
+        return train, val, stats
