@@ -1,0 +1,67 @@
+"""The toy clip of appendix A and the moss-viz command (1st-order sees look, 2nd-order sees motion)."""
+
+import numpy as np
+import pytest
+import torch
+
+from moss_vla.toy_clip import make_toy_clip
+from moss_vla.viz import VizDefaults, main, object_scores, stss_maps
+
+
+@pytest.fixture(scope="module")
+def clip():
+    d = VizDefaults()
+    return make_toy_clip(d.frames, d.size, d.radius, d.speed)
+
+
+def test_toy_clip_layout(clip):
+    T, N = clip.masks.shape[:2]
+    assert clip.frames.shape == (8, 40, 40, 3) and clip.frames.dtype == np.float32 and N == 6
+    for i, obj in enumerate(clip.objects):
+        first = np.argwhere(clip.masks[0, i]).mean(0)
+        last = np.argwhere(clip.masks[T - 1, i]).mean(0)
+        dy, dx = last - first
+        if obj.motion == "horizontal":
+            assert dx > 8 and abs(dy) < 0.5, obj.name
+        else:
+            assert dy > 8 and abs(dx) < 0.5, obj.name
+    # objects never overlap, and every object's cells carry its colour
+    assert (clip.masks.sum(1) <= 1).all()
+    green = clip.index("green cube (vertical)")
+    assert np.allclose(clip.frames[3][clip.masks[3, green]], [0, 1, 0], atol=0.5)
+
+
+def test_first_order_sees_look_second_order_sees_motion(clip):
+    d = VizDefaults()
+    tq = d.frames // 2
+    query = (tq, *clip.centre_cell(d.query_object, tq))
+    maps = stss_maps(torch.from_numpy(clip.frames), query, d.window, orders=2)
+    scores = object_scores(maps, clip, tq)
+    idx = {o.name: i for i, o in enumerate(clip.objects)}
+    other_cube = scores[:, idx["green cube (vertical)"]]
+    same_motion = scores[:, [idx["blue circle (horizontal)"], idx["red heart (horizontal)"]]]
+    # 1st order (appearance): the other green cube looks the same and scores high; other objects do not
+    assert other_cube[0] > 0.9
+    assert (same_motion[0] < 0.1).all()
+    # 2nd order (motion): the objects moving like the query beat the look-alike that moves differently
+    assert (same_motion[1] > other_cube[1] + 0.05).all(), scores
+
+
+def test_moss_viz_writes_png(tmp_path, capsys):
+    out = tmp_path / "figure" / "viz.png"
+    written = main(["--out", str(out), "--window", "3", "5", "5", "--orders", "3"])
+    assert written == out.resolve() and out.exists()
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert f"wrote {out.resolve()}" in printed and "green cube (vertical)" in printed
+
+
+def test_moss_viz_rejects_bad_options(tmp_path):
+    with pytest.raises(SystemExit, match="must be odd"):
+        main(["--out", str(tmp_path / "a.png"), "--window", "3", "4", "5"])
+    with pytest.raises(SystemExit, match="no object named"):
+        main(["--out", str(tmp_path / "a.png"), "--query-object", "purple star"])
+    with pytest.raises(SystemExit, match="orders must be >= 1"):
+        main(["--out", str(tmp_path / "a.png"), "--orders", "0"])
+    with pytest.raises(SystemExit, match="outside the clip"):
+        main(["--out", str(tmp_path / "a.png"), "--query", "9", "0", "0"])
