@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/moss-demo
 
 test: $(STAMP)
-	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest tests
+	OMP_NUM_THREADS=1 SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check moss_vla robot tasks tests benchmarks

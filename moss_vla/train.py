@@ -1,0 +1,396 @@
+"""moss-train: train a MossVLA policy on episode stores (hydra; defaults in configs/train.yaml).
+
+    moss-train data.paths=[data/movesense_lr.zarr] policy=moss model=small steps=2000
+    moss-train ... resume=runs/<run>/checkpoints/step_0001000      # continue exactly
+    torchrun --nproc_per_node 2 -m moss_vla.train ...               # DistributedDataParallel
+
+The batch of step s is a pure function of (seed, rank, s): indices and augmentation seeds are drawn from
+a generator seeded with them, so `resume=` reproduces the uninterrupted run (with the RNG states and the
+optimiser/scheduler state saved in the checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from moss_vla.paths import CONFIG_DIR
+from moss_vla.training_data import build_datasets
+
+TRAIN_STATE = "training_state.pt"
+
+
+# ----------------------------------------------------------------------------------------------- data
+class StepBatchSampler(Sampler[list[tuple[int, int]]]):
+    """Yields, for steps start..steps-1, a batch of (window index, augmentation seed) pairs that depends
+    only on (seed, rank, step): what makes `resume=` exact and DDP ranks see different data."""
+
+    def __init__(self, n: int, batch_size: int, steps: int, seed: int, rank: int = 0, start: int = 0):
+        self.n, self.batch_size, self.steps, self.seed, self.rank, self.start = n, batch_size, steps, seed, rank, start
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        for step in range(self.start, self.steps):
+            g = torch.Generator().manual_seed(hash((self.seed, self.rank, step)) % (2**62))
+            idx = torch.randint(self.n, (self.batch_size,), generator=g).tolist()
+            aug = torch.randint(2**31 - 1, (self.batch_size,), generator=g).tolist()
+            yield list(zip(idx, aug, strict=True))
+
+
+class SeededItems(Dataset):
+    """`ds[(i, seed)]` = `ds[i]` with the global RNGs (that augmentation draws from) seeded for this item
+    only: the caller's RNG streams (flow-matching noise, dropout) are restored afterwards."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        i, seed = key
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+            try:
+                return self.dataset[i]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# ------------------------------------------------------------------------------------------ schedule
+def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup, then cosine decay to `min_ratio` of the base learning rate."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --------------------------------------------------------------------------------------- distributed
+def _dist_setup(device_cfg: str) -> tuple[int, int, torch.device]:
+    """Initialise torch.distributed under torchrun (gloo on CPU, nccl on GPU); else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_cfg == "auto":
+        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(device_cfg)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device={device_cfg} was asked for, but torch sees no CUDA device; use device=cpu")
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def data_provenance(paths: Any) -> dict[str, Any]:
+    """Which stores (and which task seeds) a run trained on: lets `moss-sim eval` keep its trials apart."""
+    from moss_vla.episodes import EpisodeStore
+
+    stores = []
+    for p in [paths] if isinstance(paths, str) else list(paths):
+        seeds: dict[str, list[int]] = {}
+        for m in EpisodeStore(p).episode_metas:
+            if m.get("seed") is not None:
+                seeds.setdefault(str(m.get("task")), []).append(int(m["seed"]))
+        stores.append({"path": str(Path(p).resolve()), "seeds": seeds})
+    return {"stores": stores}
+
+
+def save_checkpoint(run_dir: Path, step: int, policy, optimizer, scheduler, cfg: DictConfig) -> Path:
+    """`checkpoints/step_XXXXXXX/`: the policy's save_pretrained files + the training state. Written to a
+    temporary directory and renamed, so a crash never leaves a half-written checkpoint behind."""
+    ckpt_root = run_dir / "checkpoints"
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = ckpt_root / f".tmp_step_{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp)
+    torch.save(
+        {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+         "rng": _rng_state(), "config": OmegaConf.to_container(cfg, resolve=True)},
+        tmp / TRAIN_STATE,
+    )
+    shutil.copy(run_dir / "training_data.json", tmp / "training_data.json")
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    latest = ckpt_root / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(final.name)
+    return final
+
+
+@torch.no_grad()
+def evaluate(policy, loader: DataLoader, device: torch.device, max_batches: int) -> dict[str, float]:
+    """Validation flow-matching loss and open-loop action error (predicted chunk vs recorded actions,
+    mean absolute error over the unpadded steps, in the units of the actions: rad for joints)."""
+    was_training = policy.training
+    policy.eval()
+    losses, errs, first_errs = [], [], []
+    for b, batch in enumerate(loader):
+        if b >= max_batches:
+            break
+        batch = _to_device(batch, device)
+        loss, _ = policy(batch)
+        losses.append(float(loss))
+        pred = policy.predict_action_chunk(batch)  # (B, H, A), unnormalised
+        target = batch["action"]
+        valid = ~batch["action_is_pad"]  # (B, H)
+        err = (pred - target).abs().mean(-1)  # (B, H)
+        errs.append(float(err[valid].mean()))
+        first_errs.append(float(err[:, 0].mean()))
+    policy.train(was_training)
+    if not losses:
+        return {}
+    return {"val_loss": float(np.mean(losses)), "val_action_mae": float(np.mean(errs)),
+            "val_first_action_mae": float(np.mean(first_errs))}
+
+
+def plot_loss_curve(csv_path: Path, out_png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(csv.DictReader(csv_path.open()))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    tr = [(int(r["step"]), float(r["loss"])) for r in rows if r.get("loss")]
+    va = [(int(r["step"]), float(r["val_loss"])) for r in rows if r.get("val_loss")]
+    if tr:
+        ax.plot(*zip(*tr, strict=True), label="train loss", lw=1)
+    if va:
+        ax.plot(*zip(*va, strict=True), "o-", label="validation loss")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.set_title(csv_path.parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+class MetricsLog:
+    """One CSV row per logged step (columns grow as new metrics appear) + TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.csv"
+        self.rows: list[dict[str, Any]] = []
+        self.tb = None
+        if enabled:
+            if self.path.exists():  # resuming: keep the history
+                self.rows = list(csv.DictReader(self.path.open()))
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self.rows = [r for r in self.rows if int(r["step"]) != step] + [{"step": step, **metrics}]
+        for k, v in metrics.items():
+            self.tb.add_scalar(k, v, step)
+        keys = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
+        tmp = self.path.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(self.rows)
+        tmp.replace(self.path)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ---------------------------------------------------------------------------------------------- main
+@dataclass
+class TrainResult:
+    checkpoint: Path  # the last checkpoint written (rank 0)
+    policy: Any  # the trained MossVLAPolicy (unwrapped)
+    step: int
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    """Run (or resume) training (every rank under torchrun; rank 0 writes)."""
+    from moss_vla.policy import MossVLAPolicy, make_policy
+
+    rank, world, device = _dist_setup(cfg.device)
+    is_main = rank == 0
+    run_dir = Path(cfg.out_dir)
+    torch.manual_seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    random.seed(cfg.seed + rank)
+
+    train_ds, val_ds, stats = build_datasets(cfg, cfg.policy.n_frames, cfg.model.action_head.horizon)
+    start = 0
+    if cfg.resume:
+        resume = Path(cfg.resume)
+        if not (resume / TRAIN_STATE).exists():
+            raise FileNotFoundError(
+                f"resume={cfg.resume}: no {TRAIN_STATE} there; pass a checkpoint directory such as "
+                f"<run>/checkpoints/step_0001000 (or <run>/checkpoints/latest)"
+            )
+        policy = MossVLAPolicy.from_pretrained(resume)
+        state = torch.load(resume / TRAIN_STATE, weights_only=False)
+        start = int(state["step"])
+    else:
+        policy = make_policy(cfg.policy, cfg.model, stats)
+    policy.to(device).train()
+
+    decay, no_decay = [], []
+    for name, p in policy.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
+    )
+    if cfg.resume:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+
+    model = policy
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            policy, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+
+    sampler = StepBatchSampler(len(train_ds), cfg.batch_size, cfg.steps, cfg.seed, rank, start)
+    # loaders get their own generators: creating an iterator must not draw from the global RNG, or a
+    # resumed run would see other noise than the uninterrupted one
+    loader = DataLoader(SeededItems(train_ds), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    val_loader = (DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0,
+                             generator=torch.Generator().manual_seed(cfg.seed))
+                  if val_ds is not None and len(val_ds) > 0 else None)
+
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        (run_dir / "stats.json").write_text(json.dumps(stats, indent=1))
+        (run_dir / "training_data.json").write_text(json.dumps(data_provenance(cfg.data.paths), indent=1))
+        n_params = sum(p.numel() for p in policy.parameters())
+        print(f"[moss-train] {len(train_ds)} training windows, {len(val_ds) if val_ds else 0} validation windows; "
+              f"policy {cfg.policy.name}/{cfg.model.name} {n_params / 1e6:.2f} M parameters; "
+              f"device {device}, world size {world}; run dir {run_dir}", flush=True)
+    metrics = MetricsLog(run_dir, is_main)
+    use_amp = bool(cfg.amp) and device.type == "cuda"
+
+    step = start
+    bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not is_main, dynamic_ncols=True)
+    t_last, n_last = time.perf_counter(), 0
+    final = run_dir
+    try:
+        for batch in loader:
+            batch = _to_device(batch, device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                loss, stats_step = model(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"step {step}: loss is {float(loss.detach())}; lower optim.lr or check the "
+                                         f"data (moss-data check)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            n_last += cfg.batch_size
+            bar.update(1)
+            if is_main and (step % cfg.log_every == 0 or step == cfg.steps):
+                dt = time.perf_counter() - t_last
+                loss_v = float(loss.detach())
+                row = {"loss": loss_v, "lr": scheduler.get_last_lr()[0], "grad_norm": float(grad_norm),
+                       "samples_per_s": n_last / dt}
+                row.update({k: float(v) for k, v in (stats_step or {}).items() if k != "loss"})
+                bar.set_postfix(loss=f"{loss_v:.4f}", sps=f"{n_last / dt:.1f}")
+                t_last, n_last = time.perf_counter(), 0
+                if val_loader is not None and (step % cfg.val_every == 0 or step == cfg.steps):
+                    row.update(evaluate(policy, val_loader, device, cfg.val_batches))
+                    bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
+                metrics.log(step, row)
+            if is_main and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                final = save_checkpoint(run_dir, step, policy, optimizer, scheduler, cfg)
+    finally:
+        bar.close()
+        metrics.close()
+    if is_main:
+        if metrics.path.exists():
+            plot_loss_curve(metrics.path, run_dir / "loss_curve.png")
+        print(f"[moss-train] done: {step} steps; checkpoint {final}; loss curve {run_dir / 'loss_curve.png'}",
+              flush=True)
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return TrainResult(final, policy, step)
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+def main() -> None:
+    # hydra's own message for a missing data.paths is cryptic: say what to pass
+    args = sys.argv[1:]
+    if not any(a.startswith(("data.paths=", "--help", "-h", "--cfg", "--info", "--hydra-help")) for a in args):
+        sys.exit("moss-train: pass the episode store(s) to train on, e.g. "
+                 "moss-train data.paths=[data/movesense_lr.zarr] policy=moss model=small")
+    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
+    if resume and not any(a.startswith("out_dir=") for a in args):
+        # continue in the run directory the checkpoint belongs to (<run>/checkpoints/step_N)
+        sys.argv.append(f"out_dir={Path(resume).resolve().parent.parent}")
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

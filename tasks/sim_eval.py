@@ -1,0 +1,156 @@
+"""Closed-loop evaluation of a policy in the simulated rig (`moss-sim eval`).
+
+The policy drives the simulated arm at 10 Hz from virtual-camera frames while the task plays; every
+interaction is one trial, judged by tasks/scoring.py (the same scoring as live trials). Trials are
+seeded from `eval_seed`, a range kept apart from the training episodes' seeds (checked against the seeds
+recorded with the checkpoint). Writes results.json, results.md and results.png to `eval_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from tasks.scoring import InteractionResult
+
+
+def training_seeds(checkpoint: Path, task: str) -> set[int]:
+    """Seeds of the episodes of `task` the checkpoint was trained on (recorded by moss-train)."""
+    f = checkpoint / "training_data.json"
+    if not f.exists():
+        return set()
+    info = json.loads(f.read_text())
+    return {int(s) for store in info.get("stores", []) for t, seeds in store.get("seeds", {}).items()
+            if t == task for s in seeds}
+
+
+def summarize(results: list[InteractionResult], label_names: list[str]) -> dict[str, Any]:
+    """Success rate overall and per trial type (label), reaction times of successes, failure reasons."""
+
+    def block(rs: list[InteractionResult]) -> dict[str, Any]:
+        rts = [r.reaction_time for r in rs if r.success and r.reaction_time is not None]
+        return {"trials": len(rs), "success": sum(r.success for r in rs),
+                "success_rate": (sum(r.success for r in rs) / len(rs)) if rs else None,
+                "reaction_time_mean": float(np.mean(rts)) if rts else None,
+                "reaction_time_median": float(np.median(rts)) if rts else None,
+                "failures": dict(Counter(r.reason for r in rs if not r.success))}
+
+    return {"overall": block(results),
+            "per_type": {name: block([r for r in results if r.label == i]) for i, name in enumerate(label_names)}}
+
+
+def markdown_table(name: str, summary: dict[str, Any]) -> str:
+    rows = [("all", summary["overall"])] + list(summary["per_type"].items())
+    out = [f"### {name}", "", "| trials | type | success | rate | reaction time (s, mean) | failures |",
+           "|---:|---|---:|---:|---:|---|"]
+    for label, b in rows:
+        rate = "-" if b["success_rate"] is None else f"{100 * b['success_rate']:.1f}%"
+        rt = "-" if b["reaction_time_mean"] is None else f"{b['reaction_time_mean']:.2f}"
+        fails = ", ".join(f"{k} {v}" for k, v in sorted(b["failures"].items())) or "-"
+        out.append(f"| {b['trials']} | {label} | {b['success']} | {rate} | {rt} | {fails} |")
+    return "\n".join(out) + "\n"
+
+
+def plot_results(path: Path, title: str, summary: dict[str, Any], results: list[InteractionResult],
+                 label_names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    names = ["all"] + list(summary["per_type"])
+    rates = [summary["overall"]["success_rate"] or 0.0] + [
+        summary["per_type"][n]["success_rate"] or 0.0 for n in summary["per_type"]]
+    bars = a.bar(names, [100 * r for r in rates], color=["#555"] + [f"C{i}" for i in range(len(names) - 1)])
+    for bar, n in zip(bars, [summary["overall"]] + list(summary["per_type"].values()), strict=True):
+        a.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, f"{n['success']}/{n['trials']}",
+               ha="center", fontsize=9)
+    a.set_ylim(0, 110)
+    a.set_ylabel("success (%)")
+    a.set_title("success per trial type")
+    for i, name in enumerate(label_names):
+        rts = [r.reaction_time for r in results if r.label == i and r.reaction_time is not None]
+        if rts:
+            b.hist(rts, bins=15, alpha=0.6, label=name)
+    b.set_xlabel("reaction time: onset -> pointing (s)")
+    b.set_ylabel("trials")
+    b.set_title("reaction time")
+    if b.get_legend_handles_labels()[0]:
+        b.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
+    """Run `cfg.trials` trials of `cfg.task` with the checkpoint `cfg.checkpoint` (or a given policy)."""
+    from tqdm import tqdm
+
+    from moss_vla.policy import MossVLAPolicy
+    from tasks.sim_rig import build_sim_rig
+
+    ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
+    if policy is None:
+        if ckpt is None or not ckpt.exists():
+            raise FileNotFoundError(f"moss-sim eval: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
+                                    f"directory moss-train wrote, e.g. runs/<run>/checkpoints/latest")
+        policy = MossVLAPolicy.from_pretrained(ckpt)
+    policy.eval()
+    task = str(cfg.task.name)
+    n_trials, seed0 = int(cfg.trials), int(cfg.eval_seed)
+    if ckpt is not None:
+        clash = training_seeds(ckpt, task)
+        if clash and seed0 <= max(clash) and seed0 + n_trials >= min(clash):
+            raise ValueError(f"moss-sim eval: eval_seed={seed0} overlaps the seeds of the training episodes of "
+                             f"{task} ({min(clash)}..{max(clash)}); choose an eval_seed outside that range")
+    torch.set_num_threads(max(1, int(cfg.get("threads", 0)) or torch.get_num_threads()))
+    results: list[InteractionResult] = []
+    episodes, step_ms, label_names = [], [], None
+    wall0 = time.perf_counter()
+    bar = tqdm(total=n_trials, desc=f"eval {task}", unit="trial", disable=not cfg.progress)
+    seed = seed0
+    while len(results) < n_trials:
+        rig = build_sim_rig(cfg, seed)
+        label_names = rig.task.label_names
+        torch.manual_seed(seed)
+        outcome = rig.run_episode(policy, writer=None, operator="policy")
+        take = outcome.score.results[: n_trials - len(results)]
+        results += take
+        episodes.append({"seed": seed, "loop_end": outcome.loop.reason, "results": [r.__dict__ for r in take]})
+        step_ms.append(outcome.loop.summary().get("compute_ms_p99"))
+        bar.update(len(take))
+        bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+        seed += 1
+    bar.close()
+    summary = summarize(results, label_names)
+    report = {"task": task, "checkpoint": str(ckpt) if ckpt else None, "trials": len(results),
+              "eval_seeds": [seed0, seed - 1], "episodes": len(episodes), "wall_seconds": time.perf_counter() - wall0,
+              "step_compute_ms_p99": max((m for m in step_ms if m is not None), default=None),
+              **summary, "episode_log": episodes}
+    out = Path(str(cfg.eval_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(report, indent=1, default=float))
+    title = f"{task}: {ckpt.parent.parent.name if ckpt else 'policy'}"
+    (out / "results.md").write_text(markdown_table(title, summary))
+    plot_results(out / "results.png", title, summary, results, label_names)
+    return report
+
+
+def eval_main(overrides: list[str]) -> int:
+    from tasks.sim_cli import compose_config
+
+    cfg = compose_config(overrides, config_name="sim_eval")
+    report = evaluate(cfg)
+    print(markdown_table(f"{report['task']} ({report['trials']} trials)",
+                         {"overall": report["overall"], "per_type": report["per_type"]}))
+    print(f"results: {Path(str(cfg.eval_dir)).resolve()}/results.{{json,md,png}}")
+    return 0
