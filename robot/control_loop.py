@@ -16,9 +16,12 @@ SimClock/RealClock). Each period (0.1 s by default), at tick k:
      deadline" when its command goes out after the next tick), wall-clock compute time per step;
      with RealClock the loop sleeps to the next tick and skips ticks it is too late for.
 
-`run()` returns a LoopResult with the reason the loop ended. Extension points for the real rig:
-`stop_conditions` (callables StepInfo -> reason or None: stall detection, stop keys, ...) and
-`on_step` callbacks (live display, logging).
+`run()` returns a LoopResult with the reason the loop ended. An exception raised by the controller
+(a policy bug, a failed teleop device) ends the loop with reason "controller" after stopping the arm,
+like a non-finite action ("safety"): a trial must end safely with its reason recorded, not crash the
+session. Extension points for the real rig: `stop_conditions` (callables StepInfo -> reason or None:
+robot/stop_conditions.py has stall detection, missed-deadline streaks, stop keys) and `on_step`
+callbacks (live display, logging).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ from robot.safety import ArmError, UnsafeTargetError
 
 class SafetyStop(RuntimeError):
     """Raised by a safety hook: the loop stops the arm and ends with reason "safety"."""
+
+
+class ControllerError(RuntimeError):
+    """The controller (policy, teleop, operator) raised: the loop stops the arm, reason "controller"."""
 
 
 class JointLimitSafety:
@@ -79,7 +86,8 @@ class StepInfo:
 class LoopResult:
     """Why and when the loop ended, and its timing statistics."""
 
-    # "duration", "max_steps", "safety", "arm", "camera", "end_of_stream", "interrupted" or a stop condition's
+    # "duration", "max_steps", "safety", "arm", "camera", "end_of_stream", "controller", "interrupted" or a
+    # stop condition's
     reason: str
     message: str = ""
     n_steps: int = 0
@@ -89,6 +97,16 @@ class LoopResult:
     compute_times: list[float] = field(default_factory=list)  # s, per step (wall clock)
     missed_deadlines: int = 0  # steps whose command went out after the next tick
     skipped_ticks: int = 0  # ticks dropped because the loop was more than a period late
+    longest_miss_streak: int = 0  # most consecutive steps that missed their deadline
+    first_frame_index: int | None = None  # camera frame counters of the first and last step: frames the
+    last_frame_index: int | None = None  # camera captured in between vs frames the loop used (recorded)
+
+    @property
+    def frames_captured(self) -> int:
+        """Frames the camera delivered from the first to the last step (counting those the loop skipped)."""
+        if self.first_frame_index is None or self.last_frame_index is None:
+            return 0
+        return self.last_frame_index - self.first_frame_index + 1
 
     @staticmethod
     def _pct(values: list[float], q: float) -> float:
@@ -106,7 +124,10 @@ class LoopResult:
             "compute_ms_p50": 1e3 * self._pct(self.compute_times, 50),
             "compute_ms_p99": 1e3 * self._pct(self.compute_times, 99),
             "missed_deadlines": self.missed_deadlines,
+            "longest_miss_streak": self.longest_miss_streak,
             "skipped_ticks": self.skipped_ticks,
+            "frames_captured": self.frames_captured,
+            "frames_used": self.n_steps,
         }
 
 
@@ -154,7 +175,11 @@ class ControlLoop:
             "t": self.clock.now(),
             "frame_timestamp": frame.timestamp,
         }
-        action = np.asarray(self.safety(np.asarray(self.controller.select_action(obs)), state), dtype=np.float64)
+        try:
+            raw = self.controller.select_action(obs)
+        except Exception as e:  # any controller failure ends the trial safely, with the reason recorded
+            raise ControllerError(f"{type(e).__name__}: {e}") from e
+        action = np.asarray(self.safety(np.asarray(raw), state), dtype=np.float64)
         self.arm.command(action[:7], float(action[7]))
         latency = self.clock.now() - tick
         if self.writer is not None:
@@ -178,7 +203,7 @@ class ControlLoop:
         n_ticks = math.inf if duration is None else max(1, math.ceil(duration / self.period - 1e-9))
         t0 = self.clock.now()
         result = LoopResult(reason="", t_start=t0)
-        k = 0
+        k = streak = 0
         try:
             while True:
                 if k >= n_ticks:
@@ -193,8 +218,15 @@ class ControlLoop:
                 result.n_steps += 1
                 result.latencies.append(info.latency)
                 result.compute_times.append(info.compute)
+                if result.first_frame_index is None:
+                    result.first_frame_index = info.frame.index
+                result.last_frame_index = info.frame.index
                 if info.latency > self.period:
                     result.missed_deadlines += 1
+                    streak += 1
+                    result.longest_miss_streak = max(result.longest_miss_streak, streak)
+                else:
+                    streak = 0
                 for callback in on_step:
                     callback(info)
                 reason = next((r for r in (cond(info) for cond in stop_conditions) if r), None)
@@ -218,6 +250,9 @@ class ControlLoop:
             self.arm.stop()
         except CameraError as e:
             result.reason, result.message = "camera", str(e)
+            self.arm.stop()
+        except ControllerError as e:
+            result.reason, result.message = "controller", str(e)
             self.arm.stop()
         except KeyboardInterrupt:
             result.reason, result.message = "interrupted", "Ctrl-C"

@@ -1,0 +1,157 @@
+"""Real-time control loop on the simulated rig: a recording session and a trial session, side by side.
+
+Both run in REAL time (RealClock) exactly like `moss-record` / `moss-trial` with camera=sim arm=sim: the
+display driver is its own (headless) process, the virtual ZED films what it shows, the scripted operator
+(recording) or the policy (trials) drives the simulated FR3 at 10 Hz, the episode writer records.
+1. recording: `--minutes` of scripted-operator episodes into a fresh store;
+2. trials: `--trial-minutes` of trials with a small-preset policy checkpoint made here by `make_policy`
+   (untrained: its action range is a 1 cm box around the home pose, so its targets are safe; only the
+   timing matters).
+Reported per session: step latency (tick -> command sent) p50/p99/max, step compute p50/p99, missed
+deadlines (goal: none at 10 Hz with the small preset on 2 CPU cores), longest streak, skipped ticks, frames
+captured by the camera vs frames used/recorded (goal: equal) and, for the recording, frames committed to
+the store. Timing depends on what else runs on the machine: the load average is saved with the numbers.
+
+Run: ``.venv/bin/python benchmarks/loop_bench.py [--minutes 10] [--trial-minutes 10]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moss_vla.paths import CONFIG_DIR, REPO_ROOT
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "loop.json"
+
+
+def machine() -> dict[str, Any]:
+    import torch
+
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "numpy": np.__version__, "load_average_1min": os.getloadavg()[0]}
+
+
+class Collector:
+    """Gathers every step's timing and the frame counts of the episodes of a session."""
+
+    def __init__(self) -> None:
+        self.latency: list[float] = []
+        self.compute: list[float] = []
+        self.missed = self.skipped = self.longest = self.captured = self.used = self.episodes = 0
+        self.reasons: dict[str, int] = {}
+
+    def __call__(self, ep: Any) -> None:
+        r = ep.loop
+        self.latency += r.latencies
+        self.compute += r.compute_times
+        self.missed += r.missed_deadlines
+        self.skipped += r.skipped_ticks
+        self.longest = max(self.longest, r.longest_miss_streak)
+        self.captured += r.frames_captured
+        self.used += r.n_steps
+        self.episodes += 1
+        self.reasons[r.reason] = self.reasons.get(r.reason, 0) + 1
+
+    def summary(self, wall: float) -> dict[str, Any]:
+        lat, comp = 1e3 * np.asarray(self.latency), 1e3 * np.asarray(self.compute)
+        return {"episodes": self.episodes, "end_reasons": self.reasons, "steps": len(lat), "wall_seconds": round(wall, 1),
+                "latency_ms_p50": float(np.percentile(lat, 50)), "latency_ms_p99": float(np.percentile(lat, 99)),
+                "latency_ms_max": float(lat.max()), "compute_ms_p50": float(np.percentile(comp, 50)),
+                "compute_ms_p99": float(np.percentile(comp, 99)), "missed_deadlines": self.missed,
+                "missed_fraction": self.missed / max(len(lat), 1), "longest_miss_streak": self.longest,
+                "skipped_ticks": self.skipped, "frames_captured": self.captured, "frames_used": self.used}
+
+
+def make_checkpoint(path: Path, task_cfg: Any, model: str) -> Path:
+    """An untrained `model`-preset MOSS policy with its action range centred on the home pose."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from moss_vla.policy import make_policy
+    from tasks.targets import load_targets
+
+    home = load_targets(str(task_cfg.targets.calibration)).home.q
+    lo, hi = np.concatenate([home - 0.01, [0.0]]), np.concatenate([home + 0.01, [0.001]])
+    one = {"mean": ((lo + hi) / 2).tolist(), "std": ((hi - lo) / 2).tolist(), "min": lo.tolist(), "max": hi.tolist()}
+    torch.manual_seed(0)
+    policy = make_policy(OmegaConf.load(CONFIG_DIR / "policy" / "moss.yaml"),
+                         OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml"), {"state": one, "action": one})
+    return policy.save_pretrained(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="recording session length (default 10)")
+    parser.add_argument("--trial-minutes", type=float, default=None, help="trial session length (default: --minutes)")
+    parser.add_argument("--task", default="movesense_lr")
+    parser.add_argument("--model", default="small", help="policy preset for the trials (configs/model)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    trial_minutes = args.minutes if args.trial_minutes is None else args.trial_minutes
+
+    from moss_vla.episodes import EpisodeStore
+    from robot.record_cli import compose_config, record
+    from robot.trial_cli import run_trials
+
+    info = machine()
+    results: dict[str, Any] = {"machine": info, "minutes": args.minutes, "trial_minutes": trial_minutes,
+                               "task": args.task, "model": args.model, "note": (
+                                   "real time on a 2-core machine shared with other work: timing is noisy; "
+                                   "see load_average_1min at start and end")}
+    with tempfile.TemporaryDirectory(prefix="loop_bench_") as tmp:
+        tmp = Path(tmp)
+        common = ["camera=sim", "arm=sim", f"task={args.task}", "progress=false", f"log_dir={tmp}",
+                  f"display.log_dir={tmp}"]
+        # 1. recording
+        col = Collector()
+        cfg = compose_config([*common, "teleop=scripted", f"out={tmp / 'rec.zarr'}", "episodes=100000",
+                              f"max_minutes={args.minutes}"])
+        print(f"recording {args.minutes} min of {args.task} in real time ...", flush=True)
+        t0 = time.perf_counter()
+        report = record(cfg, on_episode=col)
+        rec = col.summary(time.perf_counter() - t0)
+        store = EpisodeStore(tmp / "rec.zarr")
+        rec.update(frames_committed=int(store.episode_lengths.sum()), episodes_committed=store.n_episodes,
+                   store_check=report["store_check"],
+                   operator_success=sum(e["score"]["n_success"] for e in report["episodes"]),
+                   operator_interactions=sum(e["score"]["n_interactions"] for e in report["episodes"]))
+        results["recording"] = rec
+        print(json.dumps(rec, indent=1), flush=True)
+        # 2. trials with a small-preset checkpoint
+        ckpt = make_checkpoint(tmp / "ckpt", cfg.task, args.model)
+        col = Collector()
+        tcfg = compose_config([*common, f"checkpoint={ckpt}", "trials=100000", f"max_minutes={trial_minutes}",
+                               f"eval_dir={tmp / 'trials'}"], "trial")
+        print(f"trials: {trial_minutes} min with the {args.model} preset ...", flush=True)
+        t0 = time.perf_counter()
+        treport = run_trials(tcfg, on_episode=col)
+        tr = col.summary(time.perf_counter() - t0)
+        tr.update(trials=treport["trials"], torch_threads=int(tcfg.threads))
+        results["trials"] = tr
+        print(json.dumps(tr, indent=1), flush=True)
+    info["load_average_1min_end"] = os.getloadavg()[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=1, default=float))
+    print(f"\n{'session':10s} {'steps':>6s} {'p50 ms':>7s} {'p99 ms':>7s} {'missed':>6s} {'captured':>8s} "
+          f"{'used':>6s}")
+    for name in ("recording", "trials"):
+        r = results[name]
+        print(f"{name:10s} {r['steps']:6d} {r['latency_ms_p50']:7.1f} {r['latency_ms_p99']:7.1f} "
+              f"{r['missed_deadlines']:6d} {r['frames_captured']:8d} {r['frames_used']:6d}")
+    print(f"results: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""moss-record with arm=franka against franky-sim (MuJoCo FR3 speaking the libfranka protocol on loopback):
+the real franky client is homed, streams the scripted operator's 10 Hz targets in real time, and the
+episode is recorded and scored from the arm's measured joints."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from moss_vla.episodes import EpisodeStore
+from robot.fr3_kinematics import ee_position
+from robot.record_cli import main
+from tasks.targets import load_targets
+
+SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]",
+         "progress=false"]
+
+
+@pytest.fixture(scope="module")
+def franky_sim(tmp_path_factory):
+    """`franky-sim --simulator mujoco --hostname 127.0.0.1` (ports 1337/1338), killed at the end."""
+    exe = Path(sys.executable).with_name("franky-sim")
+    exe = str(exe) if exe.exists() else shutil.which("franky-sim")
+    assert exe, "franky-sim is not installed (it is a dependency of moss-vla)"
+    log_path = tmp_path_factory.mktemp("franky_sim") / "server.log"
+    log = open(log_path, "w")  # noqa: SIM115 - closed at teardown
+    env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([exe, "--simulator", "mujoco", "--hostname", "127.0.0.1"], stdout=log,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    try:
+        while "Press Ctrl+C" not in log_path.read_text():
+            if proc.poll() is not None:
+                pytest.fail(f"franky-sim exited with code {proc.returncode}:\n{log_path.read_text()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"franky-sim did not start within 60 s:\n{log_path.read_text()}")
+            time.sleep(0.1)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        log.close()
+
+
+def test_record_with_franky_arm(franky_sim, tmp_path):
+    out = tmp_path / "rec.zarr"
+    # franky-sim's MuJoCo arm lags a 10 Hz stream by ~0.6 s (more on a busy machine: it falls behind real
+    # time), i.e. up to ~0.45 rad at the operator's peak speed: the deviation limit is widened for it
+    code = main(["camera=sim", "arm=franka", "arm.ip=127.0.0.1", "arm.relative_dynamics_factor=0.5",
+                 "arm.safety.max_deviation=0.6",
+                 "teleop=scripted", f"out={out}", "episodes=1", f"log_dir={tmp_path}", f"display.log_dir={tmp_path}",
+                 "loop.max_missed_streak=1000",  # a shared CI machine must not end the episode (tested elsewhere)
+                 *SHORT])
+    report = json.loads(max(tmp_path.glob("record_*.json")).read_text())
+    assert code == 0, report
+    store = EpisodeStore(out)
+    assert store.n_episodes == 1
+    meta, ep = store.episode_meta(0), store.episode(0)
+    assert meta["arm"] == "franka" and meta["end_reason"] == "episode_done"
+    # the arm was homed before the episode, then followed the targets (measured state, franky-sim lag)
+    home = load_targets("movesense_lr.yaml").home.q
+    assert np.abs(ep["state"][0, :7] - home).max() < 0.05
+    err = np.abs(ep["state"][1:, :7] - ep["action"][:-1, :7]).max(axis=1)
+    assert err.mean() < 0.15 and err.max() < 0.6, f"tracking error mean {err.mean():.3f} max {err.max():.3f} rad"
+    # the measured flange went to the expected bowl. (franky-sim's arm lags the stream by about 0.6 s and
+    # settles a few cm off, so in this 3 s episode it may not reach the 5 cm / 0.3 s pointing of the scoring:
+    # the episode's score is recorded, its success is not asserted)
+    assert meta["score"]["n_interactions"] == 1
+    expected = meta["score"]["interactions"][0]["expected"]
+    ee = ee_position(ep["state"][:, :7].astype(np.float64))
+    targets = {n: np.asarray(v) for n, v in meta["targets"]["ee"].items() if n.endswith("bowl")}
+    closest = {n: np.linalg.norm(ee - t, axis=1).min() for n, t in targets.items()}
+    assert min(closest, key=closest.get) == expected and closest[expected] < 0.1, closest

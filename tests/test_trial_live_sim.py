@@ -1,0 +1,85 @@
+"""moss-trial on the simulated rig in REAL time (robot/trial_cli.py): a checkpoint drives the arm, trials are
+scored by tasks/scoring.py, results table / JSON / per-trial log are written; policy failures end a trial
+safely with the reason recorded."""
+
+import json
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from moss_vla.paths import CONFIG_DIR
+from moss_vla.policy import make_policy
+from robot.record_cli import compose_config
+from robot.trial_cli import main, run_trials
+from tasks.targets import load_targets
+
+SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]",
+         "progress=false"]
+
+
+def tiny_checkpoint(path):
+    """An untrained tiny-preset policy whose action range is a 1 cm box around the home pose (so its
+    targets pass the arm's safety checks); fine for the loop, useless at the task."""
+    home = load_targets("movesense_lr.yaml").home.q
+    lo, hi = np.concatenate([home - 0.01, [0.0]]), np.concatenate([home + 0.01, [0.001]])
+    one = {"mean": ((lo + hi) / 2).tolist(), "std": ((hi - lo) / 2).tolist(), "min": lo.tolist(), "max": hi.tolist()}
+    torch.manual_seed(0)
+    policy = make_policy(OmegaConf.load(CONFIG_DIR / "policy" / "moss.yaml"),
+                         OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml"), {"state": one, "action": one})
+    return policy.save_pretrained(path)
+
+
+def test_trial_cli_runs_a_checkpoint_and_writes_the_results(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    out = tmp_path / "trials"
+    # CI machines are shared: a streak of missed deadlines must not end this test's episode (that stop is
+    # tested in test_loop_stop_conditions.py; benchmarks/loop_bench.py measures the timing)
+    code = main([f"checkpoint={ckpt}", "task=movesense_lr", "trials=1", "camera=sim", "arm=sim", f"eval_dir={out}",
+                 f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    assert code == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["trials"] == 1 and report["overall"]["trials"] == 1
+    ep = report["episode_log"][0]
+    # on a busy 2-core machine steps may miss their deadline and frames be skipped; not most of them
+    assert ep["loop_end"] == "episode_done" and ep["loop"]["n_steps"] >= 20
+    assert ep["loop"]["n_steps"] >= 0.6 * ep["loop"]["frames_captured"] and ep["loop"]["latency_ms_p50"] < 100
+    # the untrained policy stays home: the trial fails, scored (not aborted)
+    trial = json.loads((out / "trials.jsonl").read_text().splitlines()[0])
+    assert trial["success"] is False and trial["reason"] == "no_pointing" and trial["expected"] in ("left_bowl",
+                                                                                                    "right_bowl")
+    table = (out / "results.md").read_text()
+    assert "| 1 | all | 0 | 0.0% |" in table and (out / "results.png").stat().st_size > 1000
+
+
+class Faulty:
+    """Holds the arm where it is; raises at step 5 in its first episode, returns NaN at step 5 in the second."""
+
+    def __init__(self):
+        self.episode, self.k = -1, 0
+
+    def eval(self):
+        return self
+
+    def reset(self):
+        self.episode, self.k = self.episode + 1, 0
+
+    def select_action(self, obs):
+        self.k += 1
+        if self.episode >= 1 and self.k == 6:  # episode 0 is the warm-up; reset() before each episode
+            if self.episode == 1:
+                raise RuntimeError("CUDA out of memory (pretend)")
+            return np.full(8, np.nan, np.float32)
+        return np.concatenate([obs["state"][:7], [0.0]]).astype(np.float32)
+
+
+def test_policy_exception_and_non_finite_action_end_the_trial_with_the_reason(tmp_path):
+    cfg = compose_config(["task=movesense_lr", "trials=2", f"eval_dir={tmp_path / 'trials'}", "checkpoint=",
+                          f"display.log_dir={tmp_path}", *SHORT], "trial")
+    report = run_trials(cfg, policy=Faulty())
+    ends = [e["loop_end"] for e in report["episode_log"]]
+    assert ends == ["controller", "safety"]
+    assert "CUDA out of memory" in report["episode_log"][0]["message"]
+    assert report["overall"]["failures"] == {"stopped:controller": 1, "stopped:safety": 1}
+    for e in report["episode_log"]:
+        assert e["loop"]["n_steps"] == 5  # the arm was stopped at the faulty step, nothing was sent
