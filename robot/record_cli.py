@@ -25,19 +25,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from moss_vla.paths import CONFIG_DIR
+from moss_vla.config import cli_config
+from moss_vla.config import compose_config as _compose
 
 FATAL = ("interrupted", "stop_key", "display_lost")  # reasons that end the session, not just the episode
 
 
 def compose_config(overrides: list[str], config_name: str = "record") -> DictConfig:
-    """The composed `configs/<config_name>.yaml` with hydra overrides (no working-directory change)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+    """The composed `configs/<config_name>.yaml` (default: record) with hydra overrides."""
+    return _compose(overrides, config_name)
 
 
 def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> dict[str, Any]:
@@ -112,14 +110,10 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
+    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "record", __doc__)
+    if cfg is None:
         return 0
-    if "--cfg" in argv:
-        print(OmegaConf.to_yaml(compose_config([a for a in argv if a != "--cfg"]), resolve=True))
-        return 0
-    report = record(compose_config(argv))
+    report = record(cfg)
     print(f"store {report['out']}: {report['episodes_committed']} episode(s) committed, check "
           f"{report['store_check']}; session report {report['report']}")
     if report["stopped"] is not None:

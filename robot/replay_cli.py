@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from robot.record_cli import compose_config
+from moss_vla.config import cli_config
 
 
 class RecordedActions:
@@ -176,14 +176,9 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
+    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "replay", __doc__)
+    if cfg is None:
         return 0
-    if "--cfg" in argv:
-        print(OmegaConf.to_yaml(compose_config([a for a in argv if a != "--cfg"], "replay"), resolve=True))
-        return 0
-    cfg = compose_config(argv, "replay")
     out = replay(cfg)
     for r in out["episodes"]:
         line = (f"episode {r['episode']}: {r['loop_end']} after {r['loop']['n_steps']}/{r['frames']} frames, step p50 "

@@ -32,6 +32,7 @@ from robot.interfaces import Arm, Camera
 from robot.safety import SafetyChecker, SafetyLimits
 from tasks import make_task
 from tasks.display_driver import DisplayProcess
+from tasks.sim_rig import label_targets
 from tasks.stimulus import StimulusState, StimulusTask
 from tasks.stimulus_link import StimulusSample
 from tasks.targets import TargetSet, load_targets
@@ -199,15 +200,6 @@ class LiveRig:
                 print(f"rig close: {getattr(step, '__qualname__', step)} failed: {e}")
 
 
-def label_to_target(task_cfg: Mapping[str, Any], label_names: list[str]) -> dict[int, str]:
-    """label index -> target name from the task config's `targets.labels` (label name -> target)."""
-    labels = task_cfg["targets"]["labels"]
-    missing = [n for n in label_names if n not in labels]
-    if missing:
-        raise ValueError(f"task config {task_cfg.get('name')}: targets.labels has no target for labels {missing}")
-    return {i: str(labels[n]) for i, n in enumerate(label_names)}
-
-
 def make_sim_arm(cfg: DictConfig, clock: RealClock, q0: np.ndarray):
     """The simulated FR3 of configs/arm/sim.yaml on the session clock, with the arm safety checks."""
     from robot.sim_arm import SimArm
@@ -242,7 +234,7 @@ def build_live_rig(cfg: DictConfig, first_seed: int) -> LiveRig:
     """Start the display process on episode `first_seed`, open the camera and connect the arm."""
     task0 = make_task(cfg.task, first_seed)
     targets = load_targets(str(cfg.task.targets.calibration), home=str(cfg.task.targets.get("rest", "home")))
-    l2t = label_to_target(cfg.task, task0.label_names)
+    l2t = label_targets(cfg.task, task0.label_names)
     for name in l2t.values():
         targets[name]  # a missing target fails here, naming the calibration file
     clock = RealClock()

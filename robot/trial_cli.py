@@ -22,9 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from robot.record_cli import FATAL, compose_config
+from moss_vla.config import cli_config
+from robot.record_cli import FATAL
 from tasks.scoring import InteractionResult
 
 
@@ -145,14 +146,10 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
 def main(argv: list[str] | None = None) -> int:
     from tasks.sim_eval import markdown_table
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "-h" in argv or "--help" in argv:
-        print(__doc__)
+    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "trial", __doc__)
+    if cfg is None:
         return 0
-    if "--cfg" in argv:
-        print(OmegaConf.to_yaml(compose_config([a for a in argv if a != "--cfg"], "trial"), resolve=True))
-        return 0
-    report = run_trials(compose_config(argv, "trial"))
+    report = run_trials(cfg)
     print(markdown_table(f"{report['task']} ({report['trials']} trials)",
                          {"overall": report["overall"], "per_type": report["per_type"]}))
     print(f"results: {report['eval_dir']}/results.{{json,md,png}}, trials.jsonl")

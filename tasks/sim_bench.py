@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from moss_vla.paths import CONFIG_DIR
+from moss_vla.config import compose_config
 
 # MOSS paper, table 5 (success %, real robot)
 PAPER_TABLE5 = {
@@ -26,13 +26,6 @@ PAPER_TABLE5 = {
     "moss": {"movesense_lr": 95.8, "movesense_rot": 99.0, "pongpredict": 81.5},
 }
 TASK_TITLES = {"movesense_lr": "MoveSense L/R", "movesense_rot": "MoveSense CW/CCW", "pongpredict": "PongPredict"}
-
-
-def _compose(name: str, overrides: list[str]) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 def _stage(msg: str) -> None:
@@ -53,8 +46,8 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         store = work / f"{task}.zarr"
         if not (work / f"{task}.collect.json").exists():
             _stage(f"{task}: collecting {cfg.episodes} scripted episodes -> {store}")
-            report = collect(_compose("sim", [f"task={task}", f"episodes={cfg.episodes}", f"out={store}",
-                                              f"base_seed={cfg.collect_seed}", "overwrite=true"]))
+            report = collect(compose_config([f"task={task}", f"episodes={cfg.episodes}", f"out={store}",
+                                              f"base_seed={cfg.collect_seed}", "overwrite=true"], "sim"))
             print(f"scripted operator success {100 * report['operator_success_rate']:.1f}% "
                   f"({report['interactions']} interactions, {report['wall_seconds']:.0f} s)")
             (work / f"{task}.collect.json").write_text(json.dumps(report, indent=1))
@@ -70,13 +63,13 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
                              *cfg.train_overrides]
                 if resume.exists():  # an interrupted training run continues exactly
                     overrides.append(f"resume={resume.resolve()}")
-                train(_compose("train", overrides))
+                train(compose_config(overrides, "train"))
             result = ckpt / f"eval_{task}" / "results.json"
             if not result.exists():
                 trials = int(cfg.trials[task])
                 _stage(f"{task}: evaluating {pol} on {trials} closed-loop trials")
-                evaluate(_compose("sim_eval", [f"task={task}", f"checkpoint={ckpt}", f"trials={trials}",
-                                               f"eval_seed={cfg.eval_seed}"]))
+                evaluate(compose_config([f"task={task}", f"checkpoint={ckpt}", f"trials={trials}",
+                                               f"eval_seed={cfg.eval_seed}"], "sim_eval"))
             table[task][pol] = json.loads(result.read_text())
     return {"table": table, "wall_seconds": time.perf_counter() - t0}
 
@@ -123,7 +116,7 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
 
 
 def bench_main(overrides: list[str], config_name: str = "bench") -> int:
-    cfg = _compose(config_name, overrides)
+    cfg = compose_config(overrides, config_name)
     bench = run_bench(cfg)
     out = write_results(cfg, bench)
     _stage(f"success rate (%) over closed-loop trials in the simulated rig, {bench['wall_seconds'] / 60:.1f} min")

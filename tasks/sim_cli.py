@@ -19,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from moss_vla.paths import CONFIG_DIR
+from moss_vla.config import compose_config as _compose
 
 SUBCOMMANDS: dict[str, str] = {
     "collect": "tasks.sim_cli:collect_main",
@@ -29,11 +29,8 @@ SUBCOMMANDS: dict[str, str] = {
 
 
 def compose_config(overrides: list[str], config_name: str = "sim") -> DictConfig:
-    """The composed config `configs/<config_name>.yaml` with hydra overrides (no working-dir change)."""
-    from hydra import compose, initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose(config_name=config_name, overrides=list(overrides))
+    """The composed `configs/<config_name>.yaml` (default: sim) with hydra overrides."""
+    return _compose(overrides, config_name)
 
 
 def collect(cfg: DictConfig) -> dict[str, Any]:

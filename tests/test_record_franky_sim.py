@@ -3,15 +3,8 @@ the real franky client is homed, streams the scripted operator's 10 Hz targets i
 episode is recorded and scored from the arm's measured joints."""
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
-import pytest
 
 from moss_vla.episodes import EpisodeStore
 from robot.fr3_kinematics import ee_position
@@ -20,36 +13,6 @@ from tasks.targets import load_targets
 
 SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]",
          "progress=false"]
-
-
-@pytest.fixture(scope="module")
-def franky_sim(tmp_path_factory):
-    """`franky-sim --simulator mujoco --hostname 127.0.0.1` (ports 1337/1338), killed at the end."""
-    exe = Path(sys.executable).with_name("franky-sim")
-    exe = str(exe) if exe.exists() else shutil.which("franky-sim")
-    assert exe, "franky-sim is not installed (it is a dependency of moss-vla)"
-    log_path = tmp_path_factory.mktemp("franky_sim") / "server.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed at teardown
-    env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([exe, "--simulator", "mujoco", "--hostname", "127.0.0.1"], stdout=log,
-                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    deadline = time.monotonic() + 60
-    try:
-        while "Press Ctrl+C" not in log_path.read_text():
-            if proc.poll() is not None:
-                pytest.fail(f"franky-sim exited with code {proc.returncode}:\n{log_path.read_text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"franky-sim did not start within 60 s:\n{log_path.read_text()}")
-            time.sleep(0.1)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        log.close()
 
 
 def test_record_with_franky_arm(franky_sim, tmp_path):
