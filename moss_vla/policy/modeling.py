@@ -1,0 +1,271 @@
+"""MossVLAPolicy: GR00T-N1.5-style VLA, multi-frame the ContextVLA way, MOSS inside SigLIP (paper Fig. 7b).
+
+    frames (B, T, 3, 224, 224) --resize--> SigLIP layers 1..k --temporal module (residual)--> layers k+1..N
+      --> pool + project --> VL backbone [frames..., text] (ContextVLA: past frames -> 1 context token
+      after block 2) --> GR00T flow-matching action head (state, 16-step action chunk)
+
+Training loop contract: ``loss, stats = policy(batch)`` with a collated batch of dataset items
+(``image`` (B, T, 3, H, W) float in [0, 1], ``state`` (B, S), ``action`` (B, H, A), ``action_is_pad``
+(B, H), ``instruction`` list of str; other keys are ignored), then ``loss.backward()`` and an optimiser
+step. Normalisation statistics are given at construction (``make_policy(..., stats)``) and saved with
+the checkpoint. At run time: ``policy.eval(); policy.reset(); action = policy.select_action(obs)`` each
+control step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from moss_vla.policy.action_head import ActionHead
+from moss_vla.policy.backbone import VLBackbone
+from moss_vla.policy.configuration import MossVLAConfig
+from moss_vla.policy.normalization import Normalizer
+from moss_vla.policy.streaming import FrameCache
+from moss_vla.policy.tokenizer import build_tokenizer
+from moss_vla.policy.vision_tower import VisionTower
+
+CONFIG_NAME, WEIGHTS_NAME, STATS_NAME = "config.json", "model.safetensors", "stats.json"
+
+
+class MossVLAPolicy(nn.Module):
+    """The policy. ``config``: :class:`MossVLAConfig`; ``stats``: dataset normalisation statistics."""
+
+    def __init__(self, config: MossVLAConfig, stats: dict[str, Any] | None = None,
+                 load_pretrained_vision: bool = True) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.tokenizer = build_tokenizer(config.backbone.tokenizer, config.backbone.max_text_len)
+        vision_cfg = config.vision
+        if not load_pretrained_vision and vision_cfg.pretrained_path is not None:
+            # the checkpoint holds the SigLIP weights: build at the same size, do not read the original
+            from dataclasses import replace
+
+            vision_cfg = replace(vision_cfg, pretrained_path=None)
+        self.vision = VisionTower(vision_cfg, config.temporal)
+        self.backbone = VLBackbone(config.backbone, config.vision.hidden_size, config.vision.grid,
+                                   config.n_frames, self.tokenizer.vocab_size)
+        self.action_head = ActionHead(config.action_head, config.state_dim, config.action_dim,
+                                      config.backbone.hidden_size)
+        self.normalizer = Normalizer(config.state_dim, config.action_dim, config.normalization, stats)
+        self.cache = FrameCache(self)
+        self._raw_frames: deque[Tensor] = deque(maxlen=config.n_frames)
+        self._actions: deque[np.ndarray] = deque()
+        self._text_cache: dict[str, tuple[Tensor, Tensor]] = {}
+
+    # ---- inputs ------------------------------------------------------------------------------------
+    def _check_window(self, images: Tensor) -> Tensor:
+        """(B, T, 3, S, S) float in [0, 1] (or uint8 (B, T, S, S, 3)) -> float (B, T, 3, S, S)."""
+        cfg = self.config
+        S = cfg.input_image_size
+        if images.dtype == torch.uint8 and images.dim() == 5 and images.shape[-1] == 3:
+            images = images.permute(0, 1, 4, 2, 3).float() / 255.0
+        if images.dim() != 5 or images.shape[2] != 3:
+            raise ValueError(f"image must be (B, T, 3, H, W) float in [0, 1], got shape {tuple(images.shape)}")
+        if images.shape[1] != cfg.n_frames:
+            raise ValueError(f"image has {images.shape[1]} frames, expected n_frames = {cfg.n_frames} "
+                             f"(policy variant {cfg.variant!r})")
+        if tuple(images.shape[-2:]) != (S, S):
+            raise ValueError(f"image frames are {tuple(images.shape[-2:])}, expected ({S}, {S}) "
+                             f"(input_image_size)")
+        return images.float()
+
+    def _check_state(self, state: Tensor) -> Tensor:
+        if state.dim() != 2 or state.shape[1] != self.config.state_dim:
+            raise ValueError(f"state must be (B, {self.config.state_dim}) (state_dim), got shape {tuple(state.shape)}")
+        return state.float()
+
+    def _text(self, instruction: Any, batch_size: int) -> tuple[Tensor, Tensor]:
+        """Embedded instruction tokens (B, L, D), mask (B, L); padding trimmed to the longest one."""
+        texts = [instruction] * batch_size if isinstance(instruction, str) else list(instruction)
+        if len(texts) != batch_size:
+            raise ValueError(f"got {len(texts)} instructions for a batch of {batch_size}")
+        ids, mask = self.tokenizer(texts)
+        longest = int(mask.sum(1).max())
+        ids, mask = ids[:, :longest].to(self.device), mask[:, :longest].to(self.device)
+        return self.backbone.embed_text(ids, mask)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- model -------------------------------------------------------------------------------------
+    def encode(self, images: Tensor, instruction: Any) -> tuple[Tensor, Tensor]:
+        """VL features (B, N, D) and mask (B, N) of a window (B, T, 3, S, S) and its instructions."""
+        images = self._check_window(images).to(self.device)
+        tokens = self.vision(images)  # (B, T, h*w, C)
+        text, text_mask = self._text(instruction, images.shape[0])
+        return self.backbone(self.backbone.embed_frames(tokens), text, text_mask)
+
+    def _require_stats(self) -> None:
+        if not bool(self.normalizer.has_stats):
+            raise RuntimeError("the policy has no normalisation statistics: pass the dataset stats to "
+                               "make_policy(cfg_policy, cfg_model, stats) or MossVLAPolicy(config, stats)")
+
+    def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """Flow-matching loss on a collated batch (extra keys are ignored). Returns (loss, stats)."""
+        self._require_stats()
+        cfg = self.config
+        for key in ("image", "state", "action", "instruction"):
+            if key not in batch:
+                raise KeyError(f"training batch lacks {key!r} (has {sorted(batch)})")
+        action = batch["action"].to(self.device).float()
+        H, A = cfg.action_head.horizon, cfg.action_dim
+        if action.dim() != 3 or tuple(action.shape[1:]) != (H, A):
+            raise ValueError(f"action must be (B, {H}, {A}) (action_head.horizon, action_dim), "
+                             f"got shape {tuple(action.shape)}")
+        pad = batch.get("action_is_pad")
+        pad = torch.zeros(action.shape[:2], dtype=torch.bool) if pad is None else pad.bool()
+        state = self._check_state(batch["state"].to(self.device))
+        vl, vl_mask = self.encode(batch["image"], batch["instruction"])
+        loss = self.action_head.loss(vl, vl_mask, self.normalizer.normalize("state", state),
+                                     self.normalizer.normalize("action", action), pad.to(self.device))
+        return loss, {"loss": float(loss.detach())}
+
+    @torch.no_grad()
+    def predict_action_chunk(self, obs: dict[str, Any], seed: int | None = None) -> Tensor:
+        """Action chunk (B, H, A), unnormalised, from a window obs (dataset format, uncached)."""
+        self._require_stats()
+        state = self._check_state(torch.as_tensor(obs["state"]).to(self.device))
+        vl, vl_mask = self.encode(torch.as_tensor(obs["image"]), obs["instruction"])
+        return self._sample(vl, vl_mask, state, seed)
+
+    def _sample(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None) -> Tensor:
+        chunk = self.action_head.sample(vl, vl_mask, self.normalizer.normalize("state", state), seed)
+        return self.normalizer.unnormalize("action", chunk)
+
+    # ---- the 10 Hz loop ------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the frame window, the cache and the queued actions (call at the start of an episode)."""
+        self.cache.reset()
+        self._text_cache.clear()  # embeddings depend on the weights, which may have changed since
+        self._raw_frames.clear()
+        self._actions.clear()
+
+    @torch.no_grad()
+    def select_action(self, obs: dict[str, Any]) -> np.ndarray:
+        """obs {"image": (S, S, 3) uint8 newest frame, "state": (S_dim,), "instruction": str} -> (A,).
+
+        Keeps the last T frames itself; replans every ``n_action_steps`` steps and returns the next
+        action of the current chunk. Every frame is encoded when it arrives (streaming cache).
+        """
+        self._require_stats()
+        cfg = self.config
+        image = np.asarray(obs["image"])
+        S = cfg.input_image_size
+        if image.shape != (S, S, 3) or image.dtype != np.uint8:
+            raise ValueError(f"select_action expects image ({S}, {S}, 3) uint8 (input_image_size), "
+                             f"got {image.shape} {image.dtype}")
+        state = np.asarray(obs["state"], dtype=np.float32)
+        if state.shape != (cfg.state_dim,):
+            raise ValueError(f"select_action expects state ({cfg.state_dim},) (state_dim), got {state.shape}")
+        pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
+        if cfg.use_cache:
+            self.cache.push(pixels)
+        else:
+            while len(self._raw_frames) < cfg.n_frames - 1:  # episode start: repeat the first frame
+                self._raw_frames.append(pixels)
+            self._raw_frames.append(pixels)
+        if not self._actions:
+            state_t = torch.from_numpy(state)[None].to(self.device)
+            if cfg.use_cache:
+                instruction = obs["instruction"]
+                if instruction not in self._text_cache:
+                    self._text_cache = {instruction: self._text(instruction, 1)}
+                vl, vl_mask = self.cache.vl_features(*self._text_cache[instruction])
+                chunk = self._sample(vl, vl_mask, state_t, cfg.inference_seed)
+            else:
+                window = torch.stack(list(self._raw_frames), 1)  # (1, T, 3, S, S)
+                chunk = self.predict_action_chunk(
+                    {"image": window, "state": state_t, "instruction": obs["instruction"]}, cfg.inference_seed)
+            self._actions.extend(chunk[0, : cfg.n_action_steps].cpu().numpy())
+        return self._actions.popleft().astype(np.float32)
+
+    # ---- inference-only speed-ups ----------------------------------------------------------------------
+    def fold_for_inference(self) -> None:
+        """Fold linear maps in a row inside the temporal module (same function; see temporal_modules)."""
+        fold = getattr(self.vision.temporal, "fold_for_inference", None)
+        if fold is not None:
+            fold()
+
+    # ---- checkpoints -------------------------------------------------------------------------------
+    def _weights(self) -> dict[str, Tensor]:
+        return {k: v.detach().contiguous() for k, v in self.state_dict().items() if ".folded." not in k}
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write model.safetensors, config.json (resolved config) and stats.json to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self._weights(), str(directory / WEIGHTS_NAME))
+        (directory / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2))
+        (directory / STATS_NAME).write_text(json.dumps(self.normalizer.stats_dict(), indent=2))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, expected_config: MossVLAConfig | None = None) -> MossVLAPolicy:
+        """Load a checkpoint written by :meth:`save_pretrained`.
+
+        ``expected_config``: if given, the checkpoint's config must match it (model-defining fields);
+        a mismatch raises an error listing each differing key with expected and actual values.
+        """
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name} not found: not a MossVLAPolicy checkpoint "
+                                        "(expected config.json, model.safetensors, stats.json)")
+        config = MossVLAConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()),
+                                         source=str(directory / CONFIG_NAME))
+        if expected_config is not None:
+            check_same_architecture(expected_config, config, str(directory))
+        policy = cls(config, stats=None, load_pretrained_vision=False)
+        policy.load_weights(directory / WEIGHTS_NAME)
+        return policy
+
+    def load_weights(self, path: str | Path) -> None:
+        """Load a safetensors state dict; names every missing, unexpected or mis-shaped tensor."""
+        state = load_file(str(path))
+        own = self._weights()
+        missing = sorted(set(own) - set(state))
+        unexpected = sorted(set(state) - set(own))
+        shapes = [f"{k}: expected {tuple(own[k].shape)}, checkpoint has {tuple(state[k].shape)}"
+                  for k in own if k in state and own[k].shape != state[k].shape]
+        if missing or unexpected or shapes:
+            raise ValueError(f"checkpoint {path} does not fit this policy's config "
+                             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}, "
+                             f"shape mismatches {shapes[:5]})")
+        self.load_state_dict(state, strict=False)
+
+
+ARCH_KEYS_IGNORED = {"variant", "model_size", "inference_seed", "use_cache", "n_action_steps"}
+
+
+def check_same_architecture(expected: MossVLAConfig, actual: MossVLAConfig, source: str) -> None:
+    """Raise ValueError listing each model-defining config key whose value differs."""
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    e, a = flat(expected.to_dict()), flat(actual.to_dict())
+    diffs = [f"{k}: expected {e[k]!r}, checkpoint has {a.get(k)!r}" for k in sorted(e)
+             if k not in ARCH_KEYS_IGNORED and k != "vision.pretrained_path" and e[k] != a.get(k)]
+    if diffs:
+        raise ValueError(f"checkpoint {source} was trained with another config: " + "; ".join(diffs))
+
+
+def make_policy(cfg_policy: Any, cfg_model: Any, stats: dict[str, Any] | None = None) -> MossVLAPolicy:
+    """Build a policy from the hydra groups ``policy`` and ``model`` and the dataset statistics."""
+    return MossVLAPolicy(MossVLAConfig.from_hydra(cfg_policy, cfg_model), stats)

@@ -1,0 +1,226 @@
+"""Temporal modules for the vision tower: moss / selfy / framediff / none (MOSS paper table 10c).
+
+All share one interface so that they can be swapped by config (``temporal.module``) and injected the
+same way: ``delta = module(x)`` with x the (B, T, H, W, C) token grid after vision layer k, and the tower
+continues with ``x + delta``. Every module's final FC layers start at zero, so an untrained module leaves
+the tower exactly as the plain SigLIP model.
+
+- ``moss``: :class:`moss_vla.moss.MOSS` (Eq. 5, orders 1 and 2 by default).
+- ``selfy``: 1st-order STSS with the SELFY encoder (SELFY sec. 3.2 + appendix A): 1x3x3 convolutions
+  over each (U, V) similarity map, striding down to 1x1 (Eq. 5-6), 3x3 convolutions over (H, W)
+  (Eq. 7-8), then a 1x1x1 convolution over the concatenated (L, C_F) features with ReLU (Eq. 9);
+  SELFY adds V itself (identity); here a zero-initialised FC (C -> C) feeds the shared residual.
+- ``framediff``: frame-difference features (ATM-style): ``F[t + dt] - F[t]`` for the non-zero temporal
+  offsets of the STSS window (0 outside the clip), encoded like MOSS's g (linear C -> D, Conv-BN-GELU
+  blocks over (H, W), concatenation over offsets, linear to C) and a zero-initialised FC.
+- ``none``: no module (the tower skips it).
+
+``newest(x)`` returns the module output for the last frame only; with ``causal=True`` that is what a
+stream needs each step (past frames' outputs never change).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from moss_vla.policy.configuration import TemporalConfig
+from moss_vla.stss import check_window, stss, temporal_offsets
+
+
+def conv_blocks(channels: int, n: int) -> nn.Sequential:
+    """n x [Conv2d 3x3 - BatchNorm - GELU] over (H, W), as in MOSS's encoder g."""
+    layers: list[nn.Module] = []
+    for _ in range(n):
+        layers += [nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+def zero_linear(c_in: int, c_out: int) -> nn.Linear:
+    fc = nn.Linear(c_in, c_out)
+    nn.init.zeros_(fc.weight)
+    nn.init.zeros_(fc.bias)
+    return fc
+
+
+class TemporalModule(nn.Module):
+    """Base: (B, T, H, W, C) -> residual (B, T, H, W, C), zero at initialisation."""
+
+    causal: bool = False
+
+    def newest(self, x: Tensor) -> Tensor:
+        """Output for the last frame of x only: (B, 1, H, W, C)."""
+        return self(x)[:, -1:]
+
+
+class MossTemporal(TemporalModule):
+    """The MOSS module (moss_vla.moss.MOSS); its FC(F) and FC(M(n)) start at zero.
+
+    Training runs ``moss_vla.moss.MOSS`` itself. Two inference paths re-run its submodules:
+    ``fold_for_inference()`` (two linear maps in a row -> one) and, with the causal window,
+    :meth:`newest` (only the frames the newest frame's output depends on).
+    """
+
+    def __init__(self, channels: int, cfg: TemporalConfig) -> None:
+        super().__init__()
+        from moss_vla.moss import MOSS
+
+        self.causal = cfg.causal
+        self.moss = MOSS(channels, orders=cfg.orders, window=cfg.window, hidden=cfg.hidden,
+                         conv_blocks=cfg.conv_blocks, zero_init=True, causal=cfg.causal)
+        self.folded: nn.ModuleDict | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.folded is None:
+            return self.moss(x)
+        return self._run(x, newest=False)
+
+    def newest(self, x: Tensor) -> Tensor:
+        if not self.causal:  # a centred window needs every frame's neighbours: run the whole clip
+            return self(x)[:, -1:]
+        return self._run(x, newest=True)
+
+    def fold_for_inference(self) -> None:
+        """Fold the last linear of each g(n) into FC(M(n)): ``FC(M(n)) = W_fc (W_fuse z + b) + b_fc``
+        becomes one (L*D -> C) map. Same function up to float rounding; inference only (training the
+        folded module would train another parameterisation). Undo with :meth:`unfold`."""
+        folded = nn.ModuleDict()
+        with torch.no_grad():
+            for n in self.moss.orders:
+                fuse, fc = self.moss.encoders[n - 1].fuse, self.moss.fc_orders[str(n)]
+                lin = nn.Linear(fuse.in_features, fc.out_features).to(fuse.weight.device)
+                lin.weight.copy_(fc.weight @ fuse.weight)  # (C, C) @ (C, L*D)
+                lin.bias.copy_(fc.weight @ fuse.bias + fc.bias)
+                folded[str(n)] = lin
+        self.folded = folded
+
+    def unfold(self) -> None:
+        self.folded = None
+
+    def _run(self, x: Tensor, newest: bool) -> Tensor:
+        """Eq. 3-5 from MOSS's submodules; ``newest``: output (B, 1, H, W, C) of the last frame only.
+
+        With the causal window, frame t's M(n) depends on M(n-1) of frames t-L+1..t, so the newest
+        frame needs M(n) only for its last (N - n)(L - 1) + 1 frames at order n (N = top order).
+        """
+        moss = self.moss
+        T, L, top = x.shape[1], moss.window[0], len(moss.encoders)
+        first_out = T - 1 if newest else 0  # first frame of the output
+        out = moss.fc_visual(x[:, first_out:])  # FC(F)
+        m, m_start = x, 0  # input clip of f for this order, and the absolute index of its first frame
+        for n, enc in enumerate(moss.encoders, start=1):
+            q0 = max(0, T - 1 - (top - n) * (L - 1)) if newest else 0  # first frame whose M(n) is needed
+            s = stss(m, moss.window, moss.causal, queries=(q0 - m_start, T - m_start))  # S(n), frames q0..T-1
+            z = encode_late_fusion(enc, s)  # (B, T - q0, H, W, L*D), before g(n)'s last linear
+            if n in moss.orders:
+                zq = z[:, first_out - q0 :]
+                out = out + (self.folded[str(n)](zq) if self.folded is not None
+                             else moss.fc_orders[str(n)](enc.fuse(zq)))  # FC(M(n))
+            if n < top:
+                m, m_start = enc.fuse(z), q0  # M(n), input of order n + 1
+        return out
+
+
+def encode_late_fusion(enc: nn.Module, s: Tensor) -> Tensor:
+    """Steps 1-2 of MOSS's g(n) (moss_vla.moss.STSSEncoder) and the concatenation over L, without the
+    final linear: (B, T, H, W, L, U, V) -> (B, T, H, W, L*D)."""
+    B, T, H, W, L = s.shape[:5]
+    z = enc.embed(s.flatten(-2))  # (B, T, H, W, L, D)
+    D = z.shape[-1]
+    z = enc.convs(z.permute(0, 1, 4, 5, 2, 3).reshape(B * T * L, D, H, W))  # per (frame, offset) map
+    return z.view(B, T, L, D, H, W).permute(0, 1, 4, 5, 2, 3).reshape(B, T, H, W, L * D)
+
+
+class SelfyTemporal(TemporalModule):
+    """1st-order STSS + SELFY convolutional encoder (feature extraction + integration)."""
+
+    def __init__(self, channels: int, cfg: TemporalConfig) -> None:
+        super().__init__()
+        self.window = check_window(cfg.window)
+        self.causal = cfg.causal
+        L, U, V = self.window
+        d = cfg.hidden
+        # Feature extraction (SELFY Eq. 5-6): 1x3x3 kernels over (l, u, v), i.e. 3x3 over each (U, V)
+        # map; stride 2 until the map is at most 3x3, then one conv over what is left -> 1x1, d channels.
+        c = max(d // 4, 4)
+        layers: list[nn.Module] = [nn.Conv2d(1, c, 3, padding=1), nn.ReLU()]
+        u, v = U, V
+        while u > 3 or v > 3:
+            c_next = min(2 * c, d)
+            layers += [nn.Conv2d(c, c_next, 3, stride=2, padding=1), nn.ReLU()]
+            u, v, c = (u - 1) // 2 + 1, (v - 1) // 2 + 1, c_next
+        layers += [nn.Conv2d(c, d, (u, v)), nn.ReLU()]
+        self.extract = nn.Sequential(*layers)
+        # Feature integration (Eq. 7-8): 3x3 convolutions over (H, W), shared across offsets l.
+        integ: list[nn.Module] = []
+        for _ in range(cfg.conv_blocks):
+            integ += [nn.Conv2d(d, d, 3, padding=1), nn.ReLU()]
+        self.integrate = nn.Sequential(*integ)
+        self.fuse = nn.Linear(L * d, channels)  # Eq. 9: 1x1x1 conv over the flattened (L, C_F) volume
+        self.out = zero_linear(channels, channels)
+        self.hidden = d
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = stss(x, self.window, self.causal)  # (B, T, H, W, L, U, V)
+        B, T, H, W, L, U, V = s.shape
+        d = self.hidden
+        f = self.extract(s.reshape(B * T * H * W * L, 1, U, V))  # (BTHWL, d, 1, 1)
+        f = f.view(B, T, H, W, L, d).permute(0, 1, 4, 5, 2, 3).reshape(B * T * L, d, H, W)
+        f = self.integrate(f).view(B, T, L, d, H, W).permute(0, 1, 4, 5, 2, 3).reshape(B, T, H, W, L * d)
+        return self.out(torch.relu(self.fuse(f)))  # (B, T, H, W, C)
+
+
+class FrameDiffTemporal(TemporalModule):
+    """Frame differences F[t + dt] - F[t] over the STSS window's offsets, encoded like MOSS's g."""
+
+    def __init__(self, channels: int, cfg: TemporalConfig) -> None:
+        super().__init__()
+        L = check_window(cfg.window)[0]
+        self.causal = cfg.causal
+        self.offsets = [dt for dt in temporal_offsets(L, cfg.causal) if dt != 0]
+        if not self.offsets:
+            raise ValueError(f"framediff needs a temporal window L >= 2, got temporal.window = {cfg.window}")
+        d = cfg.hidden
+        self.embed = nn.Linear(channels, d)
+        self.convs = conv_blocks(d, cfg.conv_blocks)
+        self.fuse = nn.Linear(len(self.offsets) * d, channels)
+        self.out = zero_linear(channels, channels)
+        self.hidden = d
+
+    def differences(self, x: Tensor) -> Tensor:
+        """(B, T, H, W, C) -> (B, T, H, W, n_offsets, C); 0 where t + dt is outside the clip."""
+        T = x.shape[1]
+        diffs = []
+        for dt in self.offsets:
+            dx = torch.zeros_like(x)
+            lo, hi = max(0, -dt), min(T, T - dt)
+            if lo < hi:
+                dx[:, lo:hi] = x[:, lo + dt : hi + dt] - x[:, lo:hi]
+            diffs.append(dx)
+        return torch.stack(diffs, dim=4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, H, W, _ = x.shape
+        n, d = len(self.offsets), self.hidden
+        z = self.embed(self.differences(x))  # (B, T, H, W, n, d)
+        z = z.permute(0, 1, 4, 5, 2, 3).reshape(B * T * n, d, H, W)
+        z = self.convs(z).view(B, T, n, d, H, W).permute(0, 1, 4, 5, 2, 3).reshape(B, T, H, W, n * d)
+        return self.out(self.fuse(z))
+
+
+TEMPORAL_REGISTRY: dict[str, Callable[[int, TemporalConfig], TemporalModule]] = {
+    "moss": MossTemporal,
+    "selfy": SelfyTemporal,
+    "framediff": FrameDiffTemporal,
+}
+
+
+def build_temporal_module(channels: int, cfg: TemporalConfig) -> TemporalModule | None:
+    """The module named by ``temporal.module`` for C = ``channels``; None for ``none``."""
+    if cfg.module == "none":
+        return None
+    if cfg.module not in TEMPORAL_REGISTRY:
+        raise ValueError(f"temporal.module must be one of {sorted(TEMPORAL_REGISTRY) + ['none']}, got {cfg.module!r}")
+    return TEMPORAL_REGISTRY[cfg.module](channels, cfg)
