@@ -74,7 +74,8 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
 
 
 def test_tiny_policy_overfits_tiny_store(smooth_store, tmp_path):
-    cfg = cfg_for(smooth_store, tmp_path / "run", "policy=groot", "steps=600", "optim.lr=3e-3",
+    cfg = cfg_for(smooth_store, tmp_path / "run", "policy=groot", "steps=600", "optim.lr=3e-3", "batch_size=32",
+                  "optim.min_lr_ratio=1.0",
                   "optim.warmup_steps=20", "optim.grad_clip=10", "+model.action_head.dropout=0", "log_every=25",
                   "dataset.augment.enabled=false", "dataset.val_fraction=0.0", "ckpt_every=1000")
     windows, _, stats = build_datasets(cfg, cfg.policy.n_frames, cfg.model.action_head.horizon)
@@ -86,11 +87,11 @@ def test_tiny_policy_overfits_tiny_store(smooth_store, tmp_path):
     losses = [float(r["loss"]) for r in rows]
     first, last = sum(losses[:2]) / 2, sum(losses[-4:]) / 4
     print(f"flow-matching loss {first:.3f} -> {last:.3f}; open-loop action error {before:.3f} -> {after:.3f}")
-    # measured on this CPU: loss ~1.5 -> ~0.6, open-loop error ~0.97 -> ~0.65 (the GR00T head learns slowly
+    # measured on this CPU: loss ~1.4 -> ~0.6, open-loop error ~0.97 -> ~0.56 (the GR00T head learns slowly
     # at this size; see the README's training notes)
     assert last < first / 2, f"loss fell only from {first:.3f} to {last:.3f}"
     assert after < before / 1.3, f"open-loop action error fell only from {before:.3f} to {after:.3f}"
-    assert result.step == 300 and (result.checkpoint / "training_state.pt").exists()
+    assert result.step == 600 and (result.checkpoint / "training_state.pt").exists()
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 10_000
     assert (tmp_path / "run" / "tensorboard").is_dir()
 
