@@ -87,10 +87,9 @@ def test_tiny_policy_overfits_tiny_store(smooth_store, tmp_path):
     losses = [float(r["loss"]) for r in rows]
     first, last = sum(losses[:2]) / 2, sum(losses[-4:]) / 4
     print(f"flow-matching loss {first:.3f} -> {last:.3f}; open-loop action error {before:.3f} -> {after:.3f}")
-    # measured on this CPU: loss ~1.4 -> ~0.6, open-loop error ~0.97 -> ~0.56 (the GR00T head learns slowly
-    # at this size; see the README's training notes)
-    assert last < first / 2, f"loss fell only from {first:.3f} to {last:.3f}"
-    assert after < before / 1.3, f"open-loop action error fell only from {before:.3f} to {after:.3f}"
+    # measured on this CPU: loss 0.88 -> 0.06, open-loop error 1.06 -> 0.09
+    assert last < first / 5, f"loss fell only from {first:.3f} to {last:.3f}"
+    assert after < before / 5, f"open-loop action error fell only from {before:.3f} to {after:.3f}"
     assert result.step == 600 and (result.checkpoint / "training_state.pt").exists()
     assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 10_000
     assert (tmp_path / "run" / "tensorboard").is_dir()

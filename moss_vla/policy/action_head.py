@@ -24,6 +24,7 @@ import io
 
 import torch
 from lerobot.policies.groot.action_head.flow_matching_action_head import (
+    CategorySpecificLinear,
     FlowmatchingActionHead,
     FlowmatchingActionHeadConfig,
 )
@@ -89,6 +90,12 @@ class ActionHead(nn.Module):
         self.state_dim, self.action_dim = state_dim, action_dim
         with contextlib.redirect_stdout(io.StringIO()):  # lerobot prints parameter counts
             self.head = FlowmatchingActionHead(lerobot_head_config(cfg, state_dim, action_dim, backbone_dim))
+        if cfg.init == "scaled":  # see ActionHeadConfig.init
+            for m in self.head.modules():
+                if isinstance(m, CategorySpecificLinear):
+                    nn.init.normal_(m.W, 0.0, m.W.shape[1] ** -0.5)  # W: (embodiments, fan_in, fan_out)
+        elif cfg.init != "lerobot":
+            raise ValueError(f"action_head.init: expected 'scaled' or 'lerobot', got {cfg.init!r}")
 
     def _inputs(self, vl: Tensor, vl_mask: Tensor, state: Tensor) -> tuple[BatchFeature, dict]:
         B = vl.shape[0]
