@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         print(_usage())
         return 0
     if "--cfg" in rest:
-        print(OmegaConf.to_yaml(compose_config([a for a in rest if a != "--cfg"]), resolve=True))
+        config_name = {"eval": "sim_eval", "bench": "bench"}.get(name, "sim")
+        print(OmegaConf.to_yaml(compose_config([a for a in rest if a != "--cfg"], config_name), resolve=True))
         return 0
     module, func = SUBCOMMANDS[name].split(":")
     return int(getattr(importlib.import_module(module), func)(rest) or 0)
