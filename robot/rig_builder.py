@@ -32,10 +32,10 @@ from robot.interfaces import Arm, Camera
 from robot.safety import SafetyChecker, SafetyLimits
 from tasks import make_task
 from tasks.display_driver import DisplayProcess
-from tasks.sim_rig import label_targets
+from tasks.sim_rig import task_targets
 from tasks.stimulus import StimulusState, StimulusTask
 from tasks.stimulus_link import StimulusSample
-from tasks.targets import TargetSet, load_targets
+from tasks.targets import TargetSet
 
 
 def plain(cfg: Any) -> Any:
@@ -233,10 +233,7 @@ def headless(cfg: DictConfig) -> bool:
 def build_live_rig(cfg: DictConfig, first_seed: int) -> LiveRig:
     """Start the display process on episode `first_seed`, open the camera and connect the arm."""
     task0 = make_task(cfg.task, first_seed)
-    targets = load_targets(str(cfg.task.targets.calibration), home=str(cfg.task.targets.get("rest", "home")))
-    l2t = label_targets(cfg.task, task0.label_names)
-    for name in l2t.values():
-        targets[name]  # a missing target fails here, naming the calibration file
+    targets, l2t = task_targets(cfg.task, task0.label_names)
     clock = RealClock()
     log_dir = Path(str(cfg.display.log_dir))
     display_log = (log_dir / f"display_{time.strftime('%Y%m%d_%H%M%S')}_{id(clock) % 100000}.jsonl").resolve()

@@ -52,16 +52,11 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
     from robot.rig_builder import build_live_rig
     from robot.session import run_live_episode
     from robot.stop_conditions import StopFlag
-    from tasks.sim_eval import markdown_table, plot_results, summarize, training_seeds
+    from tasks.sim_eval import load_policy, markdown_table, plot_results, summarize, training_seeds
 
     ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
     if policy is None:
-        from moss_vla.policy import MossVLAPolicy
-
-        if ckpt is None or not ckpt.exists():
-            raise FileNotFoundError(f"moss-trial: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
-                                    f"directory moss-train wrote, e.g. runs/<run>/checkpoints/latest")
-        policy = MossVLAPolicy.from_pretrained(ckpt)
+        policy = load_policy(cfg, "moss-trial")
     if hasattr(policy, "eval"):
         policy.eval()
     task_name, n_trials, seed0 = str(cfg.task.name), int(cfg.trials), int(cfg.eval_seed)

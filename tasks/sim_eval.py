@@ -9,6 +9,7 @@ recorded with the checkpoint). Writes results.json, results.md and results.png t
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -91,19 +92,26 @@ def plot_results(path: Path, title: str, summary: dict[str, Any], results: list[
     plt.close(fig)
 
 
+def load_policy(cfg: DictConfig, command: str) -> Any:
+    """The policy of `cfg.checkpoint` in eval mode, or a clear error naming the missing directory."""
+    from moss_vla.policy import MossVLAPolicy
+
+    ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
+    if ckpt is None or not ckpt.exists():
+        raise FileNotFoundError(f"{command}: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
+                                f"directory moss-train wrote, e.g. runs/<run>/checkpoints/latest")
+    return MossVLAPolicy.from_pretrained(ckpt)
+
+
 def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     """Run `cfg.trials` trials of `cfg.task` with the checkpoint `cfg.checkpoint` (or a given policy)."""
     from tqdm import tqdm
 
-    from moss_vla.policy import MossVLAPolicy
     from tasks.sim_rig import build_sim_rig
 
     ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
     if policy is None:
-        if ckpt is None or not ckpt.exists():
-            raise FileNotFoundError(f"moss-sim eval: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
-                                    f"directory moss-train wrote, e.g. runs/<run>/checkpoints/latest")
-        policy = MossVLAPolicy.from_pretrained(ckpt)
+        policy = load_policy(cfg, "moss-sim eval")
     policy.eval()
     task = str(cfg.task.name)
     n_trials, seed0 = int(cfg.trials), int(cfg.eval_seed)
@@ -149,7 +157,11 @@ def eval_main(overrides: list[str]) -> int:
     from tasks.sim_cli import compose_config
 
     cfg = compose_config(overrides, config_name="sim_eval")
-    report = evaluate(cfg)
+    try:
+        report = evaluate(cfg)
+    except (FileNotFoundError, ValueError) as e:  # bad checkpoint or seed range: the message says what to do
+        print(e, file=sys.stderr)
+        return 2
     print(markdown_table(f"{report['task']} ({report['trials']} trials)",
                          {"overall": report["overall"], "per_type": report["per_type"]}))
     print(f"results: {Path(str(cfg.eval_dir)).resolve()}/results.{{json,md,png}}")

@@ -55,6 +55,16 @@ def label_targets(task_cfg: Mapping[str, Any], label_names: list[str]) -> dict[i
     return {i: str(labels[n]) for i, n in enumerate(label_names)}
 
 
+def task_targets(task_cfg: Mapping[str, Any], label_names: list[str]) -> tuple[TargetSet, dict[int, str]]:
+    """The task's calibrated targets and its label -> target map; a target the labels name but the
+    calibration file lacks fails here, naming the file."""
+    targets = load_targets(str(task_cfg["targets"]["calibration"]), home=str(task_cfg["targets"].get("rest", "home")))
+    l2t = label_targets(task_cfg, label_names)
+    for name in l2t.values():
+        targets[name]
+    return targets, l2t
+
+
 @dataclass
 class SimRig:
     """All parts of one simulated episode (fresh per episode: a rig is cheap to build)."""
@@ -161,10 +171,7 @@ class SimRig:
 def build_sim_rig(cfg: DictConfig, seed: int) -> SimRig:
     """Every part of one simulated episode from the composed sim config and the episode seed."""
     task = make_task(cfg.task, seed)
-    targets = load_targets(str(cfg.task.targets.calibration), home=str(cfg.task.targets.get("rest", "home")))
-    label_to_target = label_targets(cfg.task, task.label_names)
-    for name in label_to_target.values():
-        targets[name]  # a missing target fails here, naming the calibration file
+    targets, label_to_target = task_targets(cfg.task, task.label_names)
     clock = SimClock(0.0)
     rng = np.random.default_rng([int(seed), 0xA12])
     q0 = targets.home.q + rng.normal(0.0, float(cfg.rig.home_noise), 7)
