@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 
 def _franky_sim_exe() -> str:
@@ -44,3 +45,12 @@ def franky_sim(tmp_path_factory):
             proc.kill()
             proc.wait(timeout=5)
         log.close()
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and much faster on a busy 2-core machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -31,13 +31,7 @@ from moss_vla.policy.vision_tower import VisionTower, siglip_config
 MODULES = ["moss", "selfy", "framediff", "none"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and much faster on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- vision tower ---------------------------------------------------------------------------------------

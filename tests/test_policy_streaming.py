@@ -15,13 +15,7 @@ from policy_helpers import INSTRUCTION, frames, randomise_zero_layers, stats, ti
 from moss_vla.policy import MossVLAPolicy
 from moss_vla.policy.backbone import group_causal_mask
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def twin_policies(policy: str, **overrides) -> tuple[MossVLAPolicy, MossVLAPolicy]:
