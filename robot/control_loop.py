@@ -21,7 +21,8 @@ SimClock/RealClock). Each period (0.1 s by default), at tick k:
 like a non-finite action ("safety"): a trial must end safely with its reason recorded, not crash the
 session. Extension points for the real rig: `stop_conditions` (callables StepInfo -> reason or None:
 robot/stop_conditions.py has stall detection, missed-deadline streaks, stop keys) and `on_step`
-callbacks (live display, logging).
+callbacks (live display, logging). A controller with `loop_stats() -> dict` (robot/async_planner.py) has
+its numbers added to the LoopResult's summary.
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ class LoopResult:
     longest_miss_streak: int = 0  # most consecutive steps that missed their deadline
     first_frame_index: int | None = None  # camera frame counters of the first and last step: frames the
     last_frame_index: int | None = None  # camera captured in between vs frames the loop used (recorded)
+    # the controller's own numbers for the episode (its `loop_stats()`, e.g. the background planner's)
+    controller_stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def frames_captured(self) -> int:
@@ -128,6 +131,7 @@ class LoopResult:
             "skipped_ticks": self.skipped_ticks,
             "frames_captured": self.frames_captured,
             "frames_used": self.n_steps,
+            **self.controller_stats,
         }
 
 
@@ -261,4 +265,7 @@ class ControlLoop:
             self.arm.stop()
             raise
         result.t_end = self.clock.now()
+        stats = getattr(self.controller, "loop_stats", None)
+        if callable(stats):
+            result.controller_stats = dict(stats())
         return result

@@ -10,6 +10,8 @@ exception or non-finite action, safety stop, arm error, missed-deadline streak) 
 "stopped:<reason>"; a stop key or Ctrl-C ends the session (unfinished trials are not counted). Writes to
 `eval_dir`: results.json (summary, per-episode loop timing), results.md (the table), results.png, and
 trials.jsonl (one line per trial, appended as trials finish, so an interrupted session keeps its log).
+With `planner.mode: async` (the default) the policy plans its action chunks on a worker thread
+(robot/async_planner.py): the loop never waits for a replanning step.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
     after `cfg.max_minutes`. `on_episode(LiveEpisode)` sees every episode."""
     import torch
 
+    from robot.async_planner import make_controller
     from robot.rig_builder import build_live_rig
     from robot.session import run_live_episode
     from robot.stop_conditions import StopFlag
@@ -79,7 +82,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
     seed = seed0
     with stop.sigint_sets():
         rig = build_live_rig(cfg, seed0)
-        writer = None
+        writer = controller = None
         try:
             if cfg.get("record"):
                 from moss_vla.episodes import EpisodeWriter
@@ -87,11 +90,13 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                 writer = EpisodeWriter(str(cfg.record), store_meta=rig.store_meta(),
                                        queue_size=int(cfg.rig.writer.queue_size))
             warm_up(policy, rig, str(cfg.task.instruction))
+            # after the warm-up: from here on the planner's worker thread is the only one using the policy
+            controller = make_controller(policy, cfg.get("planner"))
             while len(results) < n_trials and not stop.is_set:
                 if cfg.get("max_minutes") and time.perf_counter() - wall0 > 60 * cfg.max_minutes:
                     break
                 torch.manual_seed(seed)
-                ep = run_live_episode(rig, policy, seed, stop, writer=writer, operator="policy",
+                ep = run_live_episode(rig, controller, seed, stop, writer=writer, operator="policy",
                                       progress=bool(cfg.progress))
                 label_names = ep.label_names
                 if on_episode is not None:
@@ -104,7 +109,8 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                                             "loop_end": ep.loop.reason, "loop_message": ep.loop.message,
                                             "step_ms_p50": summary["latency_ms_p50"],
                                             "step_ms_p99": summary["latency_ms_p99"],
-                                            "missed_deadlines": summary["missed_deadlines"]}, default=float) + "\n")
+                                            "missed_deadlines": summary["missed_deadlines"],
+                                            "planner_late": summary.get("planner_late")}, default=float) + "\n")
                         results.append(r)
                 episodes.append({"seed": seed, "loop_end": ep.loop.reason, "message": ep.loop.message,
                                  "episode_index": ep.episode_index, "loop": summary,
@@ -112,13 +118,16 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                 ok = sum(r.success for r in results)
                 print(f"episode seed {seed}: {ep.loop.reason}; trials {len(results)}/{n_trials}, success {ok}; "
                       f"step p50 {summary['latency_ms_p50']:.1f} ms p99 {summary['latency_ms_p99']:.1f} ms, "
-                      f"missed {summary['missed_deadlines']}", flush=True)
+                      f"missed {summary['missed_deadlines']}" + (
+                          f", planner late {summary['planner_late']}" if "planner_late" in summary else ""), flush=True)
                 if ep.loop.reason in FATAL:
                     stop.set(ep.loop.reason, ep.loop.message)
                 elif ep.loop.reason == "arm":
                     rig.recover_arm()
                 seed += 1
         finally:
+            if controller is not None and controller is not policy:
+                controller.close()
             if writer is not None:
                 writer.close()
             rig.close()

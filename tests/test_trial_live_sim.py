@@ -44,6 +44,8 @@ def test_trial_cli_runs_a_checkpoint_and_writes_the_results(tmp_path):
     # on a busy 2-core machine steps may miss their deadline and frames be skipped; not most of them
     assert ep["loop_end"] == "episode_done" and ep["loop"]["n_steps"] >= 20
     assert ep["loop"]["n_steps"] >= 0.6 * ep["loop"]["frames_captured"] and ep["loop"]["latency_ms_p50"] < 100
+    # planner.mode defaults to async for live trials: chunks were planned on the worker thread
+    assert ep["loop"]["planner"] == "async" and ep["loop"]["plans"] >= 2
     # the untrained policy stays home: the trial fails, scored (not aborted)
     trial = json.loads((out / "trials.jsonl").read_text().splitlines()[0])
     assert trial["success"] is False and trial["reason"] == "no_pointing" and trial["expected"] in ("left_bowl",

@@ -157,6 +157,24 @@ class MossVLAPolicy(nn.Module):
         Keeps the last T frames itself; replans every ``n_action_steps`` steps and returns the next
         action of the current chunk. Every frame is encoded when it arrives (streaming cache).
         """
+        self.observe(obs)
+        if not self._actions:
+            self._actions.extend(self.plan(obs)[: self.config.n_action_steps])
+        return self._actions.popleft().astype(np.float32)
+
+    def _obs_state(self, obs: dict[str, Any]) -> np.ndarray:
+        state = np.asarray(obs["state"], dtype=np.float32)
+        if state.shape != (self.config.state_dim,):
+            raise ValueError(f"select_action expects state ({self.config.state_dim},) (state_dim), got {state.shape}")
+        return state
+
+    @torch.no_grad()
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Check a step's observation and add its frame to the window (every step, in order).
+
+        The first half of :meth:`select_action`; a background planner (robot/async_planner.py) calls it
+        and :meth:`plan` itself.
+        """
         self._require_stats()
         cfg = self.config
         image = np.asarray(obs["image"])
@@ -164,9 +182,7 @@ class MossVLAPolicy(nn.Module):
         if image.shape != (S, S, 3) or image.dtype != np.uint8:
             raise ValueError(f"select_action expects image ({S}, {S}, 3) uint8 (input_image_size), "
                              f"got {image.shape} {image.dtype}")
-        state = np.asarray(obs["state"], dtype=np.float32)
-        if state.shape != (cfg.state_dim,):
-            raise ValueError(f"select_action expects state ({cfg.state_dim},) (state_dim), got {state.shape}")
+        self._obs_state(obs)
         pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
         if cfg.use_cache:
             self.cache.push(pixels)
@@ -174,20 +190,25 @@ class MossVLAPolicy(nn.Module):
             while len(self._raw_frames) < cfg.n_frames - 1:  # episode start: repeat the first frame
                 self._raw_frames.append(pixels)
             self._raw_frames.append(pixels)
-        if not self._actions:
-            state_t = torch.from_numpy(state)[None].to(self.device)
-            if cfg.use_cache:
-                instruction = obs["instruction"]
-                if instruction not in self._text_cache:
-                    self._text_cache = {instruction: self._text(instruction, 1)}
-                vl, vl_mask = self.cache.vl_features(*self._text_cache[instruction])
-                chunk = self._sample(vl, vl_mask, state_t, cfg.inference_seed)
-            else:
-                window = torch.stack(list(self._raw_frames), 1)  # (1, T, 3, S, S)
-                chunk = self.predict_action_chunk(
-                    {"image": window, "state": state_t, "instruction": obs["instruction"]}, cfg.inference_seed)
-            self._actions.extend(chunk[0, : cfg.n_action_steps].cpu().numpy())
-        return self._actions.popleft().astype(np.float32)
+
+    @torch.no_grad()
+    def plan(self, obs: dict[str, Any]) -> np.ndarray:
+        """Action chunk (H, A) float32 for the steps from this one on, from the window :meth:`observe`
+        built (its newest frame must be ``obs``'s) and ``obs``'s state and instruction."""
+        self._require_stats()
+        cfg = self.config
+        state_t = torch.from_numpy(self._obs_state(obs))[None].to(self.device)
+        if cfg.use_cache:
+            instruction = obs["instruction"]
+            if instruction not in self._text_cache:
+                self._text_cache = {instruction: self._text(instruction, 1)}
+            vl, vl_mask = self.cache.vl_features(*self._text_cache[instruction])
+            chunk = self._sample(vl, vl_mask, state_t, cfg.inference_seed)
+        else:
+            window = torch.stack(list(self._raw_frames), 1)  # (1, T, 3, S, S)
+            chunk = self.predict_action_chunk(
+                {"image": window, "state": state_t, "instruction": obs["instruction"]}, cfg.inference_seed)
+        return chunk[0].cpu().numpy()
 
     # ---- inference-only speed-ups ----------------------------------------------------------------------
     def fold_for_inference(self) -> None:
