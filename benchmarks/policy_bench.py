@@ -13,10 +13,18 @@ Measured side by side in one run, written to benchmarks/results/policy.json:
    - parameters (MB, float32) of the whole policy and of the module;
    - peak resident memory of a fresh process running one call (``VmHWM``).
 2. select_action step latency, cached vs uncached (``use_cache``), for the small and base presets,
-   with the paper's centred STSS window and with ``temporal.causal=true``.
+   with the paper's centred STSS window and with ``temporal.causal=true``. Also, independent of the
+   machine's load, the cost of one replan step's compute (encoding and action head): FLOPs (attention
+   included) and the number of aten operators run; their cached/uncached ratios bound the speedup
+   when time follows arithmetic (base) or per-operator overhead (small, width 64).
 3. Training step (batch 16, T = 8, forward + backward + AdamW) at the small preset, moss vs contextvla.
 
-Run: ``.venv/bin/python benchmarks/policy_bench.py [--threads 2] [--quick]``.
+The cached and uncached policies step through the same frames in lockstep (alternating which goes
+first), so that load from other processes hits both alike; the replan step's parts are also timed
+separately (encoding, our action-head sampler, and lerobot's ``get_action`` on the same inputs).
+
+Run: ``.venv/bin/python benchmarks/policy_bench.py [--threads 2] [--quick] [--parts latency_small ...]``
+(``--parts`` reruns some sections and keeps the others of the existing results file).
 """
 
 from __future__ import annotations
@@ -28,13 +36,15 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from omegaconf import OmegaConf
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from moss_vla.paths import CONFIG_DIR, REPO_ROOT
 from moss_vla.policy import MossVLAConfig, MossVLAPolicy
@@ -77,9 +87,18 @@ def mb(n_params: int) -> float:
     return n_params * 4 / 2**20
 
 
-def count_flops(fn, *args) -> tuple[float, dict[str, float]]:
-    """Total FLOPs and FLOPs per module (named from the first module called, e.g. VisionTower.temporal)."""
-    fc = FlopCounterMode(display=False, depth=4)
+def cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """FlopCounterMode formula (called with shapes) for aten._scaled_dot_product_flash_attention_for_cpu."""
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def count_flops(fn, *args, attention: bool = False) -> tuple[float, dict[str, float]]:
+    """Total FLOPs and FLOPs per module (named from the first module called, e.g. VisionTower.temporal).
+
+    ``attention``: also count the CPU flash-attention kernel, which FlopCounterMode skips (it has formulas
+    for the CUDA ones only), so that F.scaled_dot_product_attention on CPU counts its two matmuls."""
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_attention_flops} if attention else None
+    fc = FlopCounterMode(display=False, depth=4, custom_mapping=mapping)
     with fc, torch.no_grad():
         fn(*args)
     per_module = {k: float(sum(v.values())) for k, v in fc.get_flop_counts().items()}
@@ -173,68 +192,122 @@ def base_comparison() -> dict:
     return res
 
 
-def step_latency(policy: MossVLAPolicy, n_steps: int) -> dict:
-    """select_action latencies (ms) over n_steps fresh frames after one warm-up episode start."""
-    cfg = policy.config
+def step_latency(policies: dict[str, MossVLAPolicy], n_steps: int) -> dict[str, dict]:
+    """select_action latencies (ms) over n_steps fresh frames after one warm-up episode start.
+
+    The policies (e.g. cached and uncached) step through the same frames in lockstep, alternating which
+    goes first, so that load from other processes on a shared machine hits them alike."""
+    cfg = next(iter(policies.values())).config
     S = cfg.input_image_size
     rng = np.random.default_rng(0)
     obs = {"image": rng.integers(0, 256, (S, S, 3), dtype=np.uint8), "state": np.zeros(cfg.state_dim, np.float32),
            "instruction": INSTRUCTION}
-    policy.reset()
-    policy.select_action(obs)  # episode start (fills the window), not timed
-    times = []
+    for policy in policies.values():
+        policy.reset()
+        policy.select_action(obs)  # episode start (fills the window), not timed
+    times: dict[str, list[float]] = {key: [] for key in policies}
+    order = list(policies)
     for _ in range(n_steps):
         obs["image"] = rng.integers(0, 256, (S, S, 3), dtype=np.uint8)
-        t = time.perf_counter()
-        policy.select_action(obs)
-        times.append(1000 * (time.perf_counter() - t))
-    t = np.array(times)
-    k = cfg.n_action_steps
+        for key in order:
+            t = time.perf_counter()
+            policies[key].select_action(obs)
+            times[key].append(1000 * (time.perf_counter() - t))
+        order.reverse()
+    return {key: step_stats(np.array(t), cfg.n_action_steps) for key, t in times.items()}
+
+
+def step_stats(t: np.ndarray, k: int) -> dict:
+    """Summary of per-step latencies t (ms) of a policy that replans every k steps (steps k-1, 2k-1, ...)."""
     replan = t[k - 1 :: k]  # steps that sample a new chunk
-    return {"n_steps": n_steps, "mean_ms": float(t.mean()), "p50_ms": float(np.percentile(t, 50)),
+    return {"n_steps": len(t), "mean_ms": float(t.mean()), "p50_ms": float(np.percentile(t, 50)),
             "p99_ms": float(np.percentile(t, 99)), "max_ms": float(t.max()),
             "replan_step_mean_ms": float(replan.mean()), "replan_step_median_ms": float(np.median(replan)),
             "other_step_mean_ms": float(np.delete(t, np.s_[k - 1 :: k]).mean()),
             "compute_per_replan_cycle_ms": float(t[: len(t) // k * k].reshape(-1, k).sum(1).mean())}
 
 
-def encode_and_head_times(policy: MossVLAPolicy, n: int = 5) -> dict[str, float]:
-    """Medians (ms) of the parts of a replan step: observation encoding (cached: push the newest frame
-    + VL features from the cache; uncached: the whole window) and the action head's 4 Euler steps."""
+def replan_encoder(policy: MossVLAPolicy) -> tuple[Callable[[], tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """After an episode start: a function doing the observation encoding of one replan step as
+    select_action does it (cached: push a new frame, then the VL features from the cache; uncached: the
+    whole window, text included), and the normalised state for the action head."""
     cfg = policy.config
     S = cfg.input_image_size
     obs = window_obs(cfg)
     text = policy._text(INSTRUCTION, 1)
-    state = torch.zeros(1, cfg.state_dim)
-    enc, head = [], []
+    policy.reset()
     with torch.no_grad():
-        policy.reset()
         policy.cache.push(obs["image"][:, 0])
-        for _ in range(n):
-            t = time.perf_counter()
-            if cfg.use_cache:
-                policy.cache.push(torch.rand(1, 3, S, S))
-                vl, mask = policy.cache.vl_features(*text)
-            else:
-                vl, mask = policy.encode(obs["image"], INSTRUCTION)
-            enc.append(1000 * (time.perf_counter() - t))
-            t = time.perf_counter()
-            policy._sample(vl, mask, state, 0)
-            head.append(1000 * (time.perf_counter() - t))
-    return {"encode_ms": float(np.median(enc)), "action_head_ms": float(np.median(head))}
+
+    @torch.no_grad()
+    def encode() -> tuple[torch.Tensor, torch.Tensor]:
+        if cfg.use_cache:
+            policy.cache.push(torch.rand(1, 3, S, S))
+            return policy.cache.vl_features(*text)
+        return policy.encode(obs["image"], INSTRUCTION)
+
+    return encode, policy.normalizer.normalize("state", torch.zeros(1, cfg.state_dim))
+
+
+def encode_and_head_times(policy: MossVLAPolicy, n: int = 5) -> dict[str, float]:
+    """Medians (ms) of the parts of a replan step: observation encoding (see :func:`replan_encoder`),
+    the action head's 4 Euler steps (our sampler) and, for comparison, lerobot's own ``get_action`` on
+    the same inputs."""
+    encode, state = replan_encoder(policy)
+    enc, head, head_lerobot = [], [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        vl, mask = encode()
+        enc.append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        policy.action_head.sample(vl, mask, state, 0)
+        head.append(1000 * (time.perf_counter() - t))
+        t = time.perf_counter()
+        policy.action_head.sample_reference(vl, mask, state, 0)
+        head_lerobot.append(1000 * (time.perf_counter() - t))
+    return {"encode_ms": float(np.median(enc)), "action_head_ms": float(np.median(head)),
+            "action_head_lerobot_get_action_ms": float(np.median(head_lerobot))}
+
+
+class KernelCounter(TorchDispatchMode):
+    """Counts the aten operators run: on CPU each costs a fixed dispatch overhead besides its arithmetic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def replan_cost(policy: MossVLAPolicy) -> dict[str, float]:
+    """Load-independent cost of one replan step's compute, encoding and action head apart: FLOPs
+    (matmuls, attention and convolutions, FlopCounterMode) and the number of aten operators run."""
+    encode, state = replan_encoder(policy)
+    res: dict[str, float] = {}
+    for part in ("encode", "action_head"):
+        vl, mask = encode()
+        run = encode if part == "encode" else partial(policy.action_head.sample, vl, mask, state, 0)
+        res[f"{part}_gflops"] = count_flops(run, attention=True)[0] / 1e9
+        with KernelCounter() as counter:
+            run()
+        res[f"{part}_aten_ops"] = counter.count
+    return res
 
 
 def latency_comparison(model: str, n_steps: int) -> dict:
-    res = {}
+    res: dict = {"load_average_at_start": os.getloadavg()}
     for label, policy, causal in (("moss_centred", "moss", False), ("moss_causal", "moss", True),
                                   ("contextvla", "contextvla", False)):
-        row = {}
-        for use_cache in (True, False):
-            p = build(policy, model, temporal__causal=causal, use_cache=use_cache, inference_seed=0)
-            p.fold_for_inference()
-            key = "cached" if use_cache else "uncached"
-            row[key] = step_latency(p, n_steps)
+        policies = {}
+        for key, use_cache in (("cached", True), ("uncached", False)):
+            policies[key] = build(policy, model, temporal__causal=causal, use_cache=use_cache, inference_seed=0)
+            policies[key].fold_for_inference()
+        row = step_latency(policies, n_steps)
+        for key, p in policies.items():
             row[key].update(encode_and_head_times(p))
+            row[key]["replan_cost"] = replan_cost(p)
         c, u = row["cached"], row["uncached"]
         row["speedup_p99_step"] = u["p99_ms"] / c["p99_ms"]  # the worst step: the 10 Hz deadline
         # medians over the replan steps: robust to load spikes from other processes on a shared machine
@@ -242,13 +315,21 @@ def latency_comparison(model: str, n_steps: int) -> dict:
         # the cache only touches observation encoding; the head's 4 Euler steps cost the same in both
         row["speedup_encoding"] = u["encode_ms"] / c["encode_ms"]
         row["speedup_compute_per_cycle"] = u["compute_per_replan_cycle_ms"] / c["compute_per_replan_cycle_ms"]
+        # what a replan step costs apart from load: the speedup if time followed FLOPs, or operator count
+        cost_c, cost_u = c["replan_cost"], u["replan_cost"]
+        row["replan_flops_ratio"] = ((cost_u["encode_gflops"] + cost_u["action_head_gflops"])
+                                     / (cost_c["encode_gflops"] + cost_c["action_head_gflops"]))
+        row["replan_aten_ops_ratio"] = ((cost_u["encode_aten_ops"] + cost_u["action_head_aten_ops"])
+                                        / (cost_c["encode_aten_ops"] + cost_c["action_head_aten_ops"]))
         res[label] = row
         print(f"[{model}] {label}: cached p50 {c['p50_ms']:.1f} p99 {c['p99_ms']:.1f} replan {c['replan_step_median_ms']:.1f}"
               f" ms | uncached p99 {u['p99_ms']:.1f} replan {u['replan_step_median_ms']:.1f} ms | encode "
-              f"{c['encode_ms']:.1f} vs {u['encode_ms']:.1f} ms, head {c['action_head_ms']:.1f} ms | speedup p99 "
-              f"x{row['speedup_p99_step']:.2f}, replan x{row['speedup_replan_step']:.2f}, encoding "
-              f"x{row['speedup_encoding']:.2f}, per cycle x{row['speedup_compute_per_cycle']:.2f}",
-              flush=True)
+              f"{c['encode_ms']:.1f} vs {u['encode_ms']:.1f} ms, head {c['action_head_ms']:.1f} ms (lerobot "
+              f"get_action {c['action_head_lerobot_get_action_ms']:.1f}) | speedup p99 x{row['speedup_p99_step']:.2f}, "
+              f"replan x{row['speedup_replan_step']:.2f}, encoding x{row['speedup_encoding']:.2f}, per cycle "
+              f"x{row['speedup_compute_per_cycle']:.2f} | replan FLOPs ratio x{row['replan_flops_ratio']:.2f}, "
+              f"aten ops ratio x{row['replan_aten_ops_ratio']:.2f}", flush=True)
+    res["load_average_at_end"] = os.getloadavg()
     return res
 
 
@@ -282,19 +363,34 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
+PARTS = ("base", "latency_small", "latency_base", "train")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (the rig has 2 cores)")
     ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
+    ap.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                    help="sections to run; the others are kept from an existing --out file")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    out = {"machine": machine()}
-    out["base_moss_vs_none"] = base_comparison()
-    out["latency_small"] = latency_comparison("small", 24 if args.quick else 160)
-    out["latency_base"] = latency_comparison("base", 8 if args.quick else 32)
-    out["train_step_small"] = train_step_time(2 if args.quick else 8)
-    out["machine"]["load_average_at_end"] = os.getloadavg()
+    partial = set(args.parts) != set(PARTS) and args.out.exists()
+    out = json.loads(args.out.read_text()) if partial else {}
+    info = {**machine(), "parts_run": args.parts, "quick": args.quick}
+    if partial:  # the earlier run's machine record stays with the sections it measured
+        out.setdefault("reruns", []).append(info)
+    else:
+        out["machine"] = info
+    if "base" in args.parts:
+        out["base_moss_vs_none"] = base_comparison()
+    if "latency_small" in args.parts:
+        out["latency_small"] = latency_comparison("small", 24 if args.quick else 160)
+    if "latency_base" in args.parts:
+        out["latency_base"] = latency_comparison("base", 8 if args.quick else 32)
+    if "train" in args.parts:
+        out["train_step_small"] = train_step_time(2 if args.quick else 8)
+    info["load_average_at_end"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2))
     print(f"wrote {args.out}")

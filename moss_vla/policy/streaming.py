@@ -26,6 +26,9 @@ What can be cached depends on the temporal window (``temporal.causal``):
   newest frame sees the same frames but whose older frames see truncated context.
 
 At reset the first frame is pushed T times, like the dataset repeats the first frame of an episode.
+
+The cache runs in ``torch.inference_mode`` (cheaper than ``no_grad`` per operator, about 10% of the
+cached encoding at the small preset): its tensors never enter autograd.
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class FrameCache:
         self.early_out: deque[Tensor] = deque(maxlen=self.T)  # per frame: (B, n, D) after compress_after
         self.frames_seen = 0
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def push(self, pixels: Tensor) -> None:
         """Encode one new frame (B, 3, S, S) in [0, 1] (the first one fills the window T times)."""
         copies = self.T if self.frames_seen == 0 else 1
@@ -84,7 +87,7 @@ class FrameCache:
         self.kv.append(own)
         self.early_out.append(out)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def vl_features(self, text: Tensor, text_mask: Tensor) -> tuple[Tensor, Tensor]:
         """VL features of the current window from the cache: (B, N, D), (B, N)."""
         policy = self.policy
