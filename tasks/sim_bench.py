@@ -9,6 +9,7 @@ stopped. Configs: configs/bench.yaml (the full table), configs/demo.yaml (the sm
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -101,7 +102,8 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
     payload = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpu_count": torch.get_num_threads(), "python": platform.python_version(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "load_average_at_end": list(os.getloadavg()), "python": platform.python_version(),
                     "torch": torch.__version__},
         "wall_seconds": bench["wall_seconds"],
         "success_percent": {t: {p: 100 * r["overall"]["success_rate"] for p, r in ps.items()}
