@@ -35,9 +35,7 @@ def _stage(msg: str) -> None:
 
 def run_bench(cfg: DictConfig) -> dict[str, Any]:
     """Collect -> train -> evaluate for every (task, policy); returns {task: {policy: eval report}}."""
-    from moss_vla.train import train
     from tasks.sim_cli import collect
-    from tasks.sim_eval import evaluate
 
     work = Path(str(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
@@ -53,26 +51,97 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
                   f"({report['interactions']} interactions, {report['wall_seconds']:.0f} s)")
             (work / f"{task}.collect.json").write_text(json.dumps(report, indent=1))
         table[task] = {}
-        for pol in cfg.policies:
-            run = work / f"{task}-{pol}"
-            ckpt = run / "checkpoints" / f"step_{int(cfg.steps):07d}"
-            if not ckpt.exists():
-                _stage(f"{task}: training policy={pol} model={cfg.model} for {cfg.steps} steps -> {run}")
-                resume = run / "checkpoints" / "latest"
-                overrides = [f"data.paths=[{store}]", f"policy={pol}", f"model={cfg.model}", f"steps={cfg.steps}",
-                             f"batch_size={cfg.batch_size}", f"out_dir={run}", f"seed={cfg.train_seed}",
-                             *cfg.train_overrides]
-                if resume.exists():  # an interrupted training run continues exactly
-                    overrides.append(f"resume={resume.resolve()}")
-                train(compose_config(overrides, "train"))
-            result = ckpt / f"eval_{task}" / "results.json"
-            if not result.exists():
-                trials = int(cfg.trials[task])
-                _stage(f"{task}: evaluating {pol} on {trials} closed-loop trials")
-                evaluate(compose_config([f"task={task}", f"checkpoint={ckpt}", f"trials={trials}",
-                                               f"eval_seed={cfg.eval_seed}"], "sim_eval"))
-            table[task][pol] = json.loads(result.read_text())
+        jobs = [(pol, _policy_job(cfg, task, store, pol)) for pol in cfg.policies]
+        if int(cfg.train_jobs) > 1 and sum(not _done(job) for _, job in jobs) > 1:
+            _run_parallel([job for _, job in jobs if not _done(job)], int(cfg.train_jobs))
+        for pol, job in jobs:  # sequential (or what the parallel workers left undone): train, then evaluate
+            _run_job(job)
+            table[task][pol] = json.loads(job["result"].read_text())
     return {"table": table, "wall_seconds": time.perf_counter() - t0}
+
+
+def _policy_job(cfg: DictConfig, task: str, store: Path, pol: str) -> dict[str, Any]:
+    """What training and evaluating one policy on one task needs (plain values: it may go to a worker)."""
+    run = Path(str(cfg.work_dir)) / f"{task}-{pol}"
+    ckpt = run / "checkpoints" / f"step_{int(cfg.steps):07d}"
+    train = [f"data.paths=[{store}]", f"policy={pol}", f"model={cfg.preset}", f"steps={cfg.steps}",
+             f"batch_size={cfg.batch_size}", f"out_dir={run}", f"seed={cfg.train_seed}", *cfg.train_overrides]
+    trials = int(cfg.trials[task])
+    evaluate = [f"task={task}", f"checkpoint={ckpt}", f"trials={trials}", f"eval_seed={cfg.eval_seed}"]
+    return {"name": f"{task}-{pol}", "run": run, "ckpt": ckpt, "steps": int(cfg.steps), "train": train,
+            "evaluate": evaluate, "result": ckpt / f"eval_{task}" / "results.json", "trials": trials}
+
+
+def _done(job: dict[str, Any]) -> bool:
+    return job["result"].exists()
+
+
+def _run_job(job: dict[str, Any]) -> None:
+    """Train (resuming an interrupted run exactly) and evaluate one policy, skipping what exists."""
+    from moss_vla.train import train
+    from tasks.sim_eval import evaluate
+
+    if not job["ckpt"].exists():
+        _stage(f"training {job['name']} for {job['steps']} steps -> {job['run']}")
+        overrides = list(job["train"])
+        resume = job["run"] / "checkpoints" / "latest"
+        if resume.exists():
+            overrides.append(f"resume={resume.resolve()}")
+        train(compose_config(overrides, "train"))
+    if not job["result"].exists():
+        _stage(f"evaluating {job['name']} on {job['trials']} closed-loop trials")
+        evaluate(compose_config(job["evaluate"], "sim_eval"))
+
+
+def _worker(job: dict[str, Any], threads: int) -> None:
+    """One policy's job in its own process: its own torch threads, its output to <run>/bench_job.log."""
+    job["run"].mkdir(parents=True, exist_ok=True)
+    log = open(job["run"] / "bench_job.log", "a")  # noqa: SIM115 (kept open for the process's lifetime)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    torch.set_num_threads(threads)
+    _run_job(job)
+
+
+def _steps_done(job: dict[str, Any]) -> int:
+    """Training steps a job has logged so far (the last row of its metrics.csv)."""
+    if job["ckpt"].exists():
+        return job["steps"]
+    try:
+        last = (job["run"] / "metrics.csv").read_text().strip().splitlines()[-1]
+        return int(last.split(",")[0])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _run_parallel(jobs: list[dict[str, Any]], n_jobs: int) -> None:
+    """Run policy jobs in `n_jobs` processes at once (each with cpu_count // n_jobs torch threads): small
+    models on a few CPU cores train faster side by side than one after the other on all cores. One
+    progress bar sums their training steps; each job's own output goes to <run>/bench_job.log."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, wait
+
+    from tqdm import tqdm
+
+    threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    _stage(f"training + evaluating {', '.join(j['name'] for j in jobs)}: {n_jobs} at a time, {threads} "
+           f"torch thread(s) each; logs in <run>/bench_job.log")
+    total = sum(j["steps"] for j in jobs)
+    with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool, \
+            tqdm(total=total, desc="train (all)", unit="step", dynamic_ncols=True) as bar:
+        futures = {pool.submit(_worker, job, threads): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=2.0)
+            done = [_steps_done(j) for j in jobs]
+            bar.update(sum(done) - bar.n)
+            bar.set_postfix_str(" ".join(
+                f"{j['name'].split('-')[-1]}:{'eval' if n >= j['steps'] and not _done(j) else n}"
+                for j, n in zip(jobs, done, strict=True)))
+        for future, job in futures.items():
+            if future.exception() is not None:
+                raise RuntimeError(f"bench job {job['name']} failed (its output: {job['run'] / 'bench_job.log'})"
+                                   ) from future.exception()
 
 
 def table_markdown(table: dict[str, dict[str, Any]], policies: list[str], with_paper: bool = True) -> str:

@@ -1,0 +1,70 @@
+"""`moss-sim bench` (and so `moss-demo`) and `moss-sim eval` end to end at the tiny preset: every stage
+runs (collect -> train -> closed-loop eval -> table), two policies train side by side in worker
+processes, a second run skips what exists, and eval refuses training seeds and missing checkpoints."""
+
+import json
+
+import pytest
+
+from tasks.sim_bench import bench_main
+from tasks.sim_cli import compose_config, main
+
+POLICIES = ["groot", "moss"]
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    work = tmp_path_factory.mktemp("bench")
+    overrides = ["tasks=[movesense_lr]", f"policies=[{','.join(POLICIES)}]", "preset=tiny", "episodes=2", "steps=3",
+                 "batch_size=2", "trials={movesense_lr: 2}", f"work_dir={work}", f"results={work}/table",
+                 "train_jobs=2", "train_overrides=['log_every=1','ckpt_every=3','val_batches=1']"]
+    assert bench_main(overrides) == 0
+    return work, overrides
+
+
+def test_bench_runs_every_stage_and_writes_the_table(bench):
+    work, _ = bench
+    table = json.loads((work / "table.json").read_text())
+    assert set(table["success_percent"]["movesense_lr"]) == set(POLICIES)
+    assert table["machine"]["cpu_count"] >= 1 and len(table["machine"]["load_average_at_end"]) == 3
+    md = (work / "table.md").read_text().splitlines()
+    assert md[0] == "| policy | MoveSense L/R |"
+    assert md[2].startswith("| groot | ") and md[2].endswith("[paper 60.0] |")
+    assert md[3].startswith("| moss | ") and md[3].endswith("[paper 95.8] |")
+    for pol in POLICIES:
+        run = work / f"movesense_lr-{pol}"
+        ckpt = run / "checkpoints" / "step_0000003"
+        assert (ckpt / "model.safetensors").exists() and (run / "metrics.csv").exists()
+        assert "[moss-train] done: 3 steps" in (run / "bench_job.log").read_text()  # ran in a worker process
+        report = json.loads((ckpt / "eval_movesense_lr" / "results.json").read_text())
+        assert report["trials"] == 2 == report["overall"]["trials"]
+        assert report["eval_seeds"][0] == 1_000_000  # apart from the collection seeds 0, 1
+        assert set(report["per_type"]) == {"left", "right"}
+        assert (ckpt / "eval_movesense_lr" / "results.png").stat().st_size > 0
+        assert table["success_percent"]["movesense_lr"][pol] == 100 * report["overall"]["success_rate"]
+
+
+def test_bench_resumes_without_redoing_finished_stages(bench, capsys):
+    work, overrides = bench
+    ckpt = work / "movesense_lr-moss" / "checkpoints" / "step_0000003" / "model.safetensors"
+    before = ckpt.stat().st_mtime_ns
+    assert bench_main(overrides) == 0
+    out = capsys.readouterr().out
+    assert "collecting" not in out and "training" not in out and "evaluating" not in out
+    assert ckpt.stat().st_mtime_ns == before
+
+
+def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, capsys):
+    work, _ = bench
+    ckpt = work / "movesense_lr-groot" / "checkpoints" / "step_0000003"
+    assert main(["eval", f"checkpoint={ckpt}", "task=movesense_lr", "trials=2", "eval_seed=1",
+                 f"eval_dir={tmp_path}", "progress=false"]) == 2
+    assert "overlaps the seeds of the training episodes of movesense_lr (0..1)" in capsys.readouterr().err
+    assert main(["eval", f"checkpoint={tmp_path / 'nope'}", "task=movesense_lr", "progress=false"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_demo_config_is_the_small_movesense_comparison():
+    cfg = compose_config([], "demo")
+    assert list(cfg.tasks) == ["movesense_lr"] and list(cfg.policies) == ["contextvla", "moss"]
+    assert cfg.preset == "small" and cfg.train_jobs == 2 and cfg.trials.movesense_lr == 30
