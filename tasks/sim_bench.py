@@ -164,10 +164,25 @@ def table_markdown(table: dict[str, dict[str, Any]], policies: list[str], with_p
     return "\n".join(out) + "\n"
 
 
+def failures_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> str:
+    """How the failed trials failed, per policy and task (tasks/scoring.py: no pointing, wrong target, late)."""
+    reasons = ("no_pointing", "wrong_target", "late")
+    tasks = list(table)
+    out = ["| policy | " + " | ".join(f"{TASK_TITLES.get(t, t)}: " + " / ".join(reasons) for t in tasks) + " |",
+           "|---|" + "---:|" * len(tasks)]
+    for pol in policies:
+        cells = []
+        for t in tasks:
+            r = table[t].get(pol)
+            cells.append("-" if r is None else " / ".join(str(r["overall"]["failures"].get(k, 0)) for k in reasons))
+        out.append(f"| {pol} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
     out = Path(str(cfg.results))
     out.parent.mkdir(parents=True, exist_ok=True)
-    md = table_markdown(bench["table"], list(cfg.policies))
+    md = table_markdown(bench["table"], list(cfg.policies)) + "\n" + failures_markdown(bench["table"], list(cfg.policies))
     payload = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
@@ -192,6 +207,8 @@ def bench_main(overrides: list[str], config_name: str = "bench") -> int:
     out = write_results(cfg, bench)
     _stage(f"success rate (%) over closed-loop trials in the simulated rig, {bench['wall_seconds'] / 60:.1f} min")
     print(table_markdown(bench["table"], list(cfg.policies)))
+    print("failed trials by reason:")
+    print(failures_markdown(bench["table"], list(cfg.policies)))
     print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}; per-run plots: "
           f"{cfg.work_dir}/<task>-<policy>/checkpoints/step_*/eval_<task>/results.png")
     return 0

@@ -31,6 +31,12 @@ def test_bench_runs_every_stage_and_writes_the_table(bench):
     assert md[0] == "| policy | MoveSense L/R |"
     assert md[2].startswith("| groot | ") and md[2].endswith("[paper 60.0] |")
     assert md[3].startswith("| moss | ") and md[3].endswith("[paper 95.8] |")
+    assert md[5] == "| policy | MoveSense L/R: no_pointing / wrong_target / late |"
+    for pol, row in zip(POLICIES, md[7:9], strict=True):  # the failure counts add up to the failed trials
+        r = table["details"]["movesense_lr"][pol]["overall"]
+        assert row == f"| {pol} | " + " / ".join(str(r["failures"].get(k, 0))
+                                                for k in ("no_pointing", "wrong_target", "late")) + " |"
+        assert sum(r["failures"].values()) == r["trials"] - r["success"]
     for pol in POLICIES:
         run = work / f"movesense_lr-{pol}"
         ckpt = run / "checkpoints" / "step_0000003"
