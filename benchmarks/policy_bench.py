@@ -375,10 +375,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    partial = set(args.parts) != set(PARTS) and args.out.exists()
-    out = json.loads(args.out.read_text()) if partial else {}
+    rerun = set(args.parts) != set(PARTS) and args.out.exists()
+    out = json.loads(args.out.read_text()) if rerun else {}
     info = {**machine(), "parts_run": args.parts, "quick": args.quick}
-    if partial:  # the earlier run's machine record stays with the sections it measured
+    if rerun:  # the earlier run's machine record stays with the sections it measured
         out.setdefault("reruns", []).append(info)
     else:
         out["machine"] = info

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -51,70 +52,94 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
                   f"({report['interactions']} interactions, {report['wall_seconds']:.0f} s)")
             (work / f"{task}.collect.json").write_text(json.dumps(report, indent=1))
         table[task] = {}
-        jobs = [(pol, _policy_job(cfg, task, store, pol)) for pol in cfg.policies]
-        if int(cfg.train_jobs) > 1 and sum(not _done(job) for _, job in jobs) > 1:
-            _run_parallel([job for _, job in jobs if not _done(job)], int(cfg.train_jobs))
-        for pol, job in jobs:  # sequential (or what the parallel workers left undone): train, then evaluate
+        jobs = [_policy_job(cfg, task, store, pol) for pol in cfg.policies]
+        todo = [job for job in jobs if not job.done]
+        if int(cfg.train_jobs) > 1 and len(todo) > 1:
+            _run_parallel(todo, int(cfg.train_jobs))
+        for job in jobs:  # sequential (or what the parallel workers left undone): train, then evaluate
             _run_job(job)
-            table[task][pol] = json.loads(job["result"].read_text())
+            table[task][job.policy] = json.loads(job.result.read_text())
     return {"table": table, "wall_seconds": time.perf_counter() - t0}
 
 
-def _policy_job(cfg: DictConfig, task: str, store: Path, pol: str) -> dict[str, Any]:
-    """What training and evaluating one policy on one task needs (plain values: it may go to a worker)."""
+@dataclass(frozen=True)
+class PolicyJob:
+    """Training and evaluating one policy on one task (plain values: it may go to a worker process)."""
+
+    task: str
+    policy: str
+    run: Path  # the training run directory
+    steps: int
+    train: tuple[str, ...]  # moss-train overrides
+    trials: int
+    eval_seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.policy}"
+
+    @property
+    def ckpt(self) -> Path:
+        return self.run / "checkpoints" / f"step_{self.steps:07d}"
+
+    @property
+    def result(self) -> Path:
+        return self.ckpt / f"eval_{self.task}" / "results.json"
+
+    @property
+    def done(self) -> bool:
+        return self.result.exists()
+
+    @property
+    def evaluate(self) -> list[str]:
+        """moss-sim eval overrides."""
+        return [f"task={self.task}", f"checkpoint={self.ckpt}", f"trials={self.trials}", f"eval_seed={self.eval_seed}"]
+
+
+def _policy_job(cfg: DictConfig, task: str, store: Path, pol: str) -> PolicyJob:
     run = Path(str(cfg.work_dir)) / f"{task}-{pol}"
-    ckpt = run / "checkpoints" / f"step_{int(cfg.steps):07d}"
-    train = [f"data.paths=[{store}]", f"policy={pol}", f"model={cfg.preset}", f"steps={cfg.steps}",
-             f"batch_size={cfg.batch_size}", f"out_dir={run}", f"seed={cfg.train_seed}", *cfg.train_overrides]
-    trials = int(cfg.trials[task])
-    evaluate = [f"task={task}", f"checkpoint={ckpt}", f"trials={trials}", f"eval_seed={cfg.eval_seed}"]
-    return {"name": f"{task}-{pol}", "run": run, "ckpt": ckpt, "steps": int(cfg.steps), "train": train,
-            "evaluate": evaluate, "result": ckpt / f"eval_{task}" / "results.json", "trials": trials}
+    train = (f"data.paths=[{store}]", f"policy={pol}", f"model={cfg.preset}", f"steps={cfg.steps}",
+             f"batch_size={cfg.batch_size}", f"out_dir={run}", f"seed={cfg.train_seed}", *cfg.train_overrides)
+    return PolicyJob(task, pol, run, int(cfg.steps), train, int(cfg.trials[task]), int(cfg.eval_seed))
 
 
-def _done(job: dict[str, Any]) -> bool:
-    return job["result"].exists()
-
-
-def _run_job(job: dict[str, Any]) -> None:
+def _run_job(job: PolicyJob) -> None:
     """Train (resuming an interrupted run exactly) and evaluate one policy, skipping what exists."""
     from moss_vla.train import train
     from tasks.sim_eval import evaluate
 
-    if not job["ckpt"].exists():
-        _stage(f"training {job['name']} for {job['steps']} steps -> {job['run']}")
-        overrides = list(job["train"])
-        resume = job["run"] / "checkpoints" / "latest"
-        if resume.exists():
-            overrides.append(f"resume={resume.resolve()}")
-        train(compose_config(overrides, "train"))
-    if not job["result"].exists():
-        _stage(f"evaluating {job['name']} on {job['trials']} closed-loop trials")
-        evaluate(compose_config(job["evaluate"], "sim_eval"))
+    if not job.ckpt.exists():
+        _stage(f"training {job.name} for {job.steps} steps -> {job.run}")
+        resume = job.run / "checkpoints" / "latest"
+        extra = [f"resume={resume.resolve()}"] if resume.exists() else []
+        train(compose_config([*job.train, *extra], "train"))
+    if not job.done:
+        _stage(f"evaluating {job.name} on {job.trials} closed-loop trials")
+        evaluate(compose_config(job.evaluate, "sim_eval"))
 
 
-def _worker(job: dict[str, Any], threads: int) -> None:
+def _worker(job: PolicyJob, threads: int) -> None:
     """One policy's job in its own process: its own torch threads, its output to <run>/bench_job.log."""
-    job["run"].mkdir(parents=True, exist_ok=True)
-    log = open(job["run"] / "bench_job.log", "a")  # noqa: SIM115 (kept open for the process's lifetime)
+    job.run.mkdir(parents=True, exist_ok=True)
+    log = open(job.run / "bench_job.log", "a")  # noqa: SIM115 (kept open for the process's lifetime)
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     torch.set_num_threads(threads)
     _run_job(job)
 
 
-def _steps_done(job: dict[str, Any]) -> int:
+def _steps_done(job: PolicyJob) -> int:
     """Training steps a job has logged so far (the last row of its metrics.csv)."""
-    if job["ckpt"].exists():
-        return job["steps"]
+    if job.ckpt.exists():
+        return job.steps
     try:
-        last = (job["run"] / "metrics.csv").read_text().strip().splitlines()[-1]
+        last = (job.run / "metrics.csv").read_text().strip().splitlines()[-1]
         return int(last.split(",")[0])
     except (OSError, IndexError, ValueError):
         return 0
 
 
-def _run_parallel(jobs: list[dict[str, Any]], n_jobs: int) -> None:
+def _run_parallel(jobs: list[PolicyJob], n_jobs: int) -> None:
     """Run policy jobs in `n_jobs` processes at once (each with cpu_count // n_jobs torch threads): small
     models on a few CPU cores train faster side by side than one after the other on all cores. One
     progress bar sums their training steps; each job's own output goes to <run>/bench_job.log."""
@@ -124,9 +149,9 @@ def _run_parallel(jobs: list[dict[str, Any]], n_jobs: int) -> None:
     from tqdm import tqdm
 
     threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    _stage(f"training + evaluating {', '.join(j['name'] for j in jobs)}: {n_jobs} at a time, {threads} "
+    _stage(f"training + evaluating {', '.join(j.name for j in jobs)}: {n_jobs} at a time, {threads} "
            f"torch thread(s) each; logs in <run>/bench_job.log")
-    total = sum(j["steps"] for j in jobs)
+    total = sum(j.steps for j in jobs)
     with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool, \
             tqdm(total=total, desc="train (all)", unit="step", dynamic_ncols=True) as bar:
         futures = {pool.submit(_worker, job, threads): job for job in jobs}
@@ -136,11 +161,11 @@ def _run_parallel(jobs: list[dict[str, Any]], n_jobs: int) -> None:
             done = [_steps_done(j) for j in jobs]
             bar.update(sum(done) - bar.n)
             bar.set_postfix_str(" ".join(
-                f"{j['name'].split('-')[-1]}:{'eval' if n >= j['steps'] and not _done(j) else n}"
+                f"{j.policy}:{'eval' if n >= j.steps and not j.done else n}"
                 for j, n in zip(jobs, done, strict=True)))
         for future, job in futures.items():
             if future.exception() is not None:
-                raise RuntimeError(f"bench job {job['name']} failed (its output: {job['run'] / 'bench_job.log'})"
+                raise RuntimeError(f"bench job {job.name} failed (its output: {job.run / 'bench_job.log'})"
                                    ) from future.exception()
 
 
