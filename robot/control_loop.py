@@ -2,9 +2,18 @@
 
 Used unchanged for simulated collection and evaluation, and for real recordings and trials; only the
 parts plugged in differ (SimCamera/ZED, SimArm/franky arm, scripted operator/teleop/policy,
-SimClock/RealClock). Each period (0.1 s by default), at tick k:
+SimClock/RealClock). A step starts at its tick:
 
-  1. read the newest camera frame, crop it to the display at the policy resolution;
+  - `sync="frame"` (the rig's default, `rig.loop_sync`): the tick is the arrival of a new camera frame (its
+    `Frame.arrival` on the loop clock, or the time `read()` returned it if the camera cannot tell). The
+    camera's clock paces the loop, so every frame is used: a loop with its own ticks beside a camera with
+    its own 10 Hz clock skips a frame whenever capture jitter puts two arrivals between two of its ticks.
+    A frame is skipped only when a step overruns by more than a period (counted in `skipped_ticks`).
+  - `sync="clock"`: fixed ticks t0 + k * period on the loop clock, reading the newest frame at each; for
+    sources without timing of their own (a replayed store played as fast as it is read).
+
+At each tick:
+  1. the camera frame, cropped to the display at the policy resolution;
   2. read the arm state; look up the stimulus ground truth at the frame's capture time (if a stimulus
      source is given: what the frame shows);
   3. obs = {image, state, instruction, stimulus, t, frame_timestamp} -> controller.select_action -> (8,);
@@ -13,8 +22,9 @@ SimClock/RealClock). Each period (0.1 s by default), at tick k:
      loop too); optionally writer.add_frame(all episode keys; `timestamp` is the frame's capture time,
      `state` the arm state read in step 2, `action` what was sent);
   6. deadline accounting: latency = command time - tick on the loop clock (a step "misses its
-     deadline" when its command goes out after the next tick), wall-clock compute time per step;
-     with RealClock the loop sleeps to the next tick and skips ticks it is too late for.
+     deadline" when its command goes out more than a period after its tick, i.e. after the next frame),
+     wall-clock compute time per step; with RealClock and sync="clock" the loop sleeps to the next tick
+     and skips ticks it is too late for.
 
 `run()` returns a LoopResult with the reason the loop ended. An exception raised by the controller
 (a policy bug, a failed teleop device) ends the loop with reason "controller" after stopping the arm,
@@ -40,6 +50,8 @@ from robot.clock import Clock
 from robot.fr3_kinematics import Q_MAX, Q_MIN
 from robot.interfaces import Arm, ArmState, Camera, Frame
 from robot.safety import ArmError, UnsafeTargetError
+
+SYNC_MODES = ("frame", "clock")  # what starts a step: a new camera frame, or the loop clock's fixed ticks
 
 
 class SafetyStop(RuntimeError):
@@ -97,7 +109,7 @@ class LoopResult:
     latencies: list[float] = field(default_factory=list)  # s, per step (loop clock)
     compute_times: list[float] = field(default_factory=list)  # s, per step (wall clock)
     missed_deadlines: int = 0  # steps whose command went out after the next tick
-    skipped_ticks: int = 0  # ticks dropped because the loop was more than a period late
+    skipped_ticks: int = 0  # ticks (sync="frame": frames) dropped because the loop was over a period late
     longest_miss_streak: int = 0  # most consecutive steps that missed their deadline
     first_frame_index: int | None = None  # camera frame counters of the first and last step: frames the
     last_frame_index: int | None = None  # camera captured in between vs frames the loop used (recorded)
@@ -156,18 +168,39 @@ class ControlLoop:
         writer: Any | None = None,
         period: float = 0.1,
         camera_timeout: float = 1.0,
+        sync: str = "frame",
     ) -> None:
         if period <= 0:
             raise ValueError(f"ControlLoop: period must be > 0 s, got {period}")
+        if sync not in SYNC_MODES:
+            raise ValueError(f"ControlLoop: sync must be one of {SYNC_MODES} (rig.loop_sync), got {sync!r}")
+        self.sync = sync
         self.clock, self.camera, self.crop, self.arm = clock, camera, crop, arm
         self.controller, self.instruction, self.stimulus = controller, instruction, stimulus
         self.safety = JointLimitSafety() if safety is None else safety
         self.writer, self.period, self.camera_timeout = writer, float(period), float(camera_timeout)
 
-    def step(self, index: int, tick: float) -> StepInfo:
-        """One control step (steps 1-5 of the module docstring)."""
-        wall0 = time.perf_counter()
+    def next_frame(self, t0: float, k: int, last: StepInfo | None) -> tuple[Frame, float]:
+        """Wait for the frame of tick k (loop started at t0, `last` step before) and return it with the
+        tick's time."""
+        if self.sync == "clock":
+            tick = t0 + k * self.period
+            self.clock.sleep_until(tick)
+            return self.camera.read(timeout=self.camera_timeout), tick
         frame = self.camera.read(timeout=self.camera_timeout)
+        if last is not None and frame.index <= last.frame.index:
+            # not a new frame (a frozen driver): pace on the loop clock instead of spinning the policy and
+            # the arm, so that stall detection sees time pass
+            tick = last.tick + self.period
+            self.clock.sleep_until(tick)
+            return frame, tick
+        arrival = self.clock.now() if frame.arrival is None else frame.arrival
+        # a frame that was waiting when the loop started is charged from the start, not from its arrival
+        return frame, max(arrival, t0)
+
+    def step(self, index: int, tick: float, frame: Frame) -> StepInfo:
+        """One control step on `frame` (steps 1-5 of the module docstring)."""
+        wall0 = time.perf_counter()
         image = self.crop(frame.image)
         state = self.arm.state()
         stim = self.stimulus(frame.timestamp) if self.stimulus is not None else None
@@ -208,6 +241,7 @@ class ControlLoop:
         t0 = self.clock.now()
         result = LoopResult(reason="", t_start=t0)
         k = streak = 0
+        info: StepInfo | None = None
         try:
             while True:
                 if k >= n_ticks:
@@ -216,15 +250,18 @@ class ControlLoop:
                 if max_steps is not None and result.n_steps >= max_steps:
                     result.reason = "max_steps"
                     break
-                tick = t0 + k * self.period
-                self.clock.sleep_until(tick)
-                info = self.step(result.n_steps, tick)
+                frame, tick = self.next_frame(t0, k, info)
+                if self.sync == "frame":  # ticks are frames; a repeated frame (frozen driver) is a tick too
+                    gap = 1 if info is None else max(1, frame.index - info.frame.index)
+                    result.skipped_ticks += gap - 1  # frames that arrived while the previous step overran
+                    k += gap
+                if result.first_frame_index is None:
+                    result.first_frame_index = frame.index
+                result.last_frame_index = frame.index
+                info = self.step(result.n_steps, tick, frame)
                 result.n_steps += 1
                 result.latencies.append(info.latency)
                 result.compute_times.append(info.compute)
-                if result.first_frame_index is None:
-                    result.first_frame_index = info.frame.index
-                result.last_frame_index = info.frame.index
                 if info.latency > self.period:
                     result.missed_deadlines += 1
                     streak += 1
@@ -237,12 +274,12 @@ class ControlLoop:
                 if reason:
                     result.reason = reason
                     break
-                # next tick; if we are already past it by more than a period, drop the ticks we missed
-                k += 1
-                behind = int((self.clock.now() - t0) / self.period) - k
-                if behind > 0:
-                    result.skipped_ticks += behind
-                    k += behind
+                if self.sync == "clock":  # next tick; if already past it by over a period, drop the missed ticks
+                    k += 1
+                    behind = int((self.clock.now() - t0) / self.period) - k
+                    if behind > 0:
+                        result.skipped_ticks += behind
+                        k += behind
         except (SafetyStop, UnsafeTargetError) as e:
             result.reason, result.message = "safety", str(e)
             self.arm.stop()

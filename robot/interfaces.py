@@ -20,6 +20,9 @@ class Frame:
     image: np.ndarray
     timestamp: float
     index: int = 0  # running frame counter of the camera, to detect stalls and drops
+    # when the frame became available to the reader, on the LOOP's clock (None: the camera cannot tell);
+    # a frame-locked control loop starts its step, and measures its deadline, from here
+    arrival: float | None = None
 
 
 @runtime_checkable

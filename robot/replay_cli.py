@@ -104,7 +104,9 @@ def replay_episode(cfg: DictConfig, store: Any, index: int, policy: Any | None =
                   else OpenLoopProbe(policy, data["action"], data["timestamp"]))
     controller.reset()
     loop = ControlLoop(clock, camera, crop, arm, controller, str(meta.get("instruction", "")),
-                       safety=JointLimitSafety(**_plain(cfg.rig.safety)), period=float(cfg.rig.period))
+                       safety=JointLimitSafety(**_plain(cfg.rig.safety)), period=float(cfg.rig.period),
+                       # played as fast as read, recorded frames have no arrival times: the loop clock paces
+                       sync=str(cfg.rig.loop_sync) if realtime else "clock")
     n = len(data["timestamp"])
     result = loop.run(max_steps=n + 1)  # the (n+1)th read ends the stream: reason "end_of_stream"
     camera.close()

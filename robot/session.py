@@ -159,7 +159,7 @@ def run_live_episode(
     safety = JointLimitSafety(**plain(cfg.rig.safety))
     loop = ControlLoop(rig.clock, rig.camera, rig.crop, rig.arm, controller, task.instruction,
                        stimulus=rig.stimulus_at_frame, safety=safety, writer=writer, period=period,
-                       camera_timeout=float(lc.camera_timeout))
+                       camera_timeout=float(lc.camera_timeout), sync=str(cfg.rig.loop_sync))
     t_end = task.duration + float(lc.tail)
 
     done_at: list[float] = []

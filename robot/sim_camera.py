@@ -147,7 +147,7 @@ class SimCamera:
             self.clock.sleep_until(ready)
         self._last_index = k
         t = self.capture_time(k)
-        return Frame(image=self.capture(k, t), timestamp=t, index=k)
+        return Frame(image=self.capture(k, t), timestamp=t, index=k, arrival=self.available_time(k))
 
     def close(self) -> None:
         pass

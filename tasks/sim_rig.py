@@ -138,7 +138,7 @@ class SimRig:
         safety = JointLimitSafety(**_plain(self.cfg.rig.safety))
         loop = ControlLoop(self.clock, self.camera, self.crop, self.arm, controller, self.task.instruction,
                            stimulus=self.stimulus, safety=safety, writer=writer, period=self.period,
-                           camera_timeout=float(self.cfg.rig.camera_timeout))
+                           camera_timeout=float(self.cfg.rig.camera_timeout), sync=str(self.cfg.rig.loop_sync))
         log_t: list[float] = []
         log_q: list[np.ndarray] = []
 

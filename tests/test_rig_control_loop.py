@@ -11,6 +11,7 @@ from robot.clock import RealClock, SimClock
 from robot.control_loop import ControlLoop, JointLimitSafety
 from robot.display_crop import DisplayCrop
 from robot.fr3_kinematics import Q_MAX, Q_READY
+from robot.interfaces import Frame
 from robot.safety import SafetyChecker
 from robot.sim_arm import SimArm
 from robot.sim_camera import SimCamera
@@ -141,10 +142,10 @@ def test_camera_failure_ends_the_loop():
     assert res.reason == "camera" and "unplugged" in res.message
 
 
-def test_real_clock_keeps_the_period_and_counts_missed_deadlines():
+def test_fixed_ticks_on_real_clock_keep_the_period_and_count_missed_deadlines():
     clock = RealClock()
     ctrl = Hold(Q_READY, sleep_at=2, sleep=0.07)  # step 2 overruns a 30 ms period by more than two periods
-    loop, _ = rig(clock, ctrl, period=0.03)
+    loop, _ = rig(clock, ctrl, period=0.03, sync="clock")
     loop.camera.phase, loop.camera.latency = -0.02, 0.0
     loop.camera.fps = 1 / 0.03
     t0 = time.perf_counter()
@@ -154,3 +155,63 @@ def test_real_clock_keeps_the_period_and_counts_missed_deadlines():
     assert res.missed_deadlines >= 1 and res.skipped_ticks >= 1
     assert 10 <= res.n_steps + res.skipped_ticks <= 12  # 0.3 s of 30 ms ticks, run or dropped
     assert 0.25 < wall < 1.0
+
+
+def jittery_rig(clock, controller, sync, **kw):
+    """Camera frames arrive right at multiples of 0.1 s (phase 0, no latency), +-3 ms jitter."""
+    loop, _ = rig(clock, controller, sync=sync, **kw)
+    loop.camera.phase, loop.camera.latency, loop.camera.jitter_std = 0.0, 0.0, 0.003
+    return loop
+
+
+def test_frame_locked_loop_uses_every_frame_where_fixed_ticks_skip():
+    # the loop starts 2 ms before a frame arrives, as a live episode may: frame 0 is waiting, frame 1 not yet
+    writer = FakeWriter()
+    res = jittery_rig(SimClock(0.098), Hold(Q_READY), "frame", writer=writer).run(duration=30.0)
+    assert res.n_steps == 300 and res.frames_captured == 300 and res.skipped_ticks == 0
+    # each step starts when its frame arrives: zero latency on simulated time, and no frame used twice
+    assert max(res.latencies) == 0.0 and res.missed_deadlines == 0
+    assert np.all(np.diff([f["timestamp"] for f in writer.frames]) > 0.08)
+    # the same camera read at the loop clock's own ticks: they run a frame behind (each reads the frame that
+    # arrived 98 ms earlier) until jitter brings a frame in before its tick: then that tick reads two new
+    # frames and the older one is never used (what the 10-minute real-time recording showed)
+    fixed = jittery_rig(SimClock(0.098), Hold(Q_READY), "clock").run(duration=30.0)
+    assert fixed.n_steps == 300 and fixed.frames_captured == 301
+
+
+def test_frame_locked_loop_counts_the_frames_a_slow_step_skips():
+    clock = RealClock()
+    ctrl = Hold(Q_READY, sleep_at=2, sleep=0.08)  # step 2 overruns a 30 ms period by more than two periods
+    loop, _ = rig(clock, ctrl, period=0.03)
+    loop.camera.phase, loop.camera.latency, loop.camera.fps = 0.0, 0.0, 1 / 0.03
+    res = loop.run(duration=0.45)
+    assert res.reason == "duration" and res.missed_deadlines >= 1 and res.skipped_ticks >= 1
+    assert res.n_steps + res.skipped_ticks == res.frames_captured == 15  # 0.45 s of 30 ms frames
+    assert max(res.latencies) >= 0.08  # charged from the frame's arrival
+
+
+def test_a_camera_without_arrival_times_starts_steps_when_read_returns():
+    class Paced:
+        """Frames every 0.1 s of simulated time, without arrival stamps."""
+
+        def __init__(self, clock):
+            self.clock, self.k = clock, 0
+
+        def read(self, timeout=None):
+            self.clock.sleep_until(self.k * 0.1 + 0.05)
+            self.k += 1
+            return Frame(np.zeros((4, 4, 3), np.uint8), self.k * 0.1, self.k)
+
+        def close(self):
+            pass
+
+    clock = SimClock()
+    loop = ControlLoop(clock, Paced(clock), lambda im: im, SimArm(clock, Q_READY), Hold(Q_READY), "x")
+    res = loop.run(duration=1.0)
+    assert res.n_steps == 10 and res.frames_captured == 10 and max(res.latencies) == 0.0
+    assert res.t_end == pytest.approx(0.95)  # the last step started at its frame, 0.95 s
+
+
+def test_unknown_sync_mode_is_refused_with_the_config_key():
+    with pytest.raises(ValueError, match="rig.loop_sync"):
+        rig(SimClock(), Hold(Q_READY), sync="camera")

@@ -40,19 +40,19 @@ def make_camera(
     seed: int = 0,
 ) -> Camera:
     """The camera named by `cfg.type`. `sim` needs the rig's `clock` and the task's `render(t)`;
-    `replay` paces on `clock` when realtime."""
+    `replay` paces on `clock` when realtime; `zed` / `uvc` stamp each frame's arrival on it."""
     c = _plain(cfg)
     kind = c.get("type")
     if kind == "zed":
         from robot.cameras.zed import ZedCamera
 
         return ZedCamera(**_pick(c, "resolution", "grab_fps", "fps", "view", "serial_number", "svo_file",
-                                 "background", "grab_timeout"))
+                                 "background", "grab_timeout"), clock=clock)
     if kind == "uvc":
         from robot.cameras.uvc import UvcCamera
 
         return UvcCamera(**_pick(c, "device", "width", "height", "grab_fps", "fps", "stereo", "backend",
-                                 "timestamps", "background", "grab_timeout"))
+                                 "timestamps", "background", "grab_timeout"), clock=clock)
     if kind == "replay":
         from robot.cameras.replay import ReplayCamera
 

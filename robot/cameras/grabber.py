@@ -4,8 +4,9 @@
 this base class turns that into the `Camera` interface (robot/interfaces.py). With
 `background=True` (the default for live cameras) a thread grabs continuously, so the driver's
 buffer never fills with stale frames while the policy thinks, and `read()` returns the newest kept
-frame that the caller has not seen yet. With `background=False`, `read()` grabs in the caller's
-thread until the decimator keeps a frame (deterministic; used by tests and by offline sources).
+frame that the caller has not seen yet, stamped with its arrival on the loop's `clock` if one is
+given. With `background=False`, `read()` grabs in the caller's thread until the decimator keeps a
+frame (deterministic; used by tests and by offline sources).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Self
 import numpy as np
 
 from robot.cameras.decimation import FrameDecimator
+from robot.clock import Clock
 from robot.interfaces import Frame
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,10 @@ class GrabberCamera:
 
     name = "camera"
 
-    def __init__(self, fps: float, grab_fps: float, background: bool = True, grab_timeout: float = 2.0) -> None:
+    def __init__(self, fps: float, grab_fps: float, background: bool = True, grab_timeout: float = 2.0,
+                 clock: Clock | None = None) -> None:
         self.decimator = FrameDecimator(fps, grab_fps)
+        self.clock = clock  # the loop's clock: frames are stamped with their arrival on it (Frame.arrival)
         self.background = background
         self.grab_timeout = grab_timeout  # seconds without a frame before read() gives up
         self.n_grabbed = 0  # raw frames from the device
@@ -73,7 +77,8 @@ class GrabberCamera:
         self.n_grabbed += 1
         if not self.decimator.keep(timestamp):
             return None
-        frame = Frame(image=image, timestamp=float(timestamp), index=self.n_kept)
+        arrival = self.clock.now() if self.clock is not None else None
+        frame = Frame(image=image, timestamp=float(timestamp), index=self.n_kept, arrival=arrival)
         self.n_kept += 1
         return frame
 

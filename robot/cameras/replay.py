@@ -84,11 +84,13 @@ class ReplayCamera:
         while self._images is None or self._pos >= len(self._images):
             self._next_episode()
         t_rec = float(self._timestamps[self._pos])
+        arrival = None  # as fast as read: a frame has no arrival time of its own
         if self.realtime:
             if self._offset is None:
                 self._offset = self.clock.now() - t_rec
-            self.clock.sleep_until(t_rec + self._offset)
-        frame = Frame(image=self._images[self._pos], timestamp=t_rec, index=self._index)
+            arrival = t_rec + self._offset
+            self.clock.sleep_until(arrival)
+        frame = Frame(image=self._images[self._pos], timestamp=t_rec, index=self._index, arrival=arrival)
         self._pos += 1
         self._index += 1
         return frame

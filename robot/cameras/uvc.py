@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from robot.cameras.grabber import CameraError, EndOfStream, GrabberCamera
+from robot.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class UvcCamera(GrabberCamera):
         timestamps: str = "auto",
         background: bool | None = None,
         grab_timeout: float = 2.0,
+        clock: Clock | None = None,
     ) -> None:
         take_left_half(np.zeros((1, 1, 3), np.uint8), stereo)  # validate early
         if backend not in _BACKENDS:
@@ -91,7 +93,8 @@ class UvcCamera(GrabberCamera):
         self._last_ok = time.monotonic()
         # a file is read as fast as possible; a background thread would skip most of it
         background = (not self.is_file) if background is None else background
-        super().__init__(fps=fps, grab_fps=max(grab_fps, fps), background=background, grab_timeout=grab_timeout)
+        super().__init__(fps=fps, grab_fps=max(grab_fps, fps), background=background, grab_timeout=grab_timeout,
+                         clock=clock)
         self._start()
 
     @staticmethod

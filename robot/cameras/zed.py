@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from robot.cameras.grabber import CameraError, EndOfStream, GrabberCamera
+from robot.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class ZedCamera(GrabberCamera):
         svo_file: str | None = None,
         background: bool = True,
         grab_timeout: float = 2.0,
+        clock: Clock | None = None,
     ) -> None:
         resolution, view = resolution.upper(), view.upper()
         if resolution in _VALID_FPS and grab_fps not in _VALID_FPS[resolution]:
@@ -66,7 +68,8 @@ class ZedCamera(GrabberCamera):
                 f"ZED camera: {resolution} does not run at grab_fps={grab_fps}; valid: {_VALID_FPS[resolution]} "
                 f"(use 30 to get an even 10 Hz by keeping every third frame)"
             )
-        super().__init__(fps=fps, grab_fps=grab_fps, background=background, grab_timeout=grab_timeout)
+        super().__init__(fps=fps, grab_fps=grab_fps, background=background, grab_timeout=grab_timeout,
+                         clock=clock)
         sl = import_sdk()
         self._sl = sl
         try:
