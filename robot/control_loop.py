@@ -23,8 +23,9 @@ At each tick:
      `state` the arm state read in step 2, `action` what was sent);
   6. deadline accounting: latency = command time - tick on the loop clock (a step "misses its
      deadline" when its command goes out more than a period after its tick, i.e. after the next frame),
-     wall-clock compute time per step; with RealClock and sync="clock" the loop sleeps to the next tick
-     and skips ticks it is too late for.
+     wall-clock compute time per step (from the frame in hand to the command sent: the camera read,
+     which waits for the frame, is not in it); with RealClock and sync="clock" the loop sleeps to the
+     next tick and skips ticks it is too late for.
 
 `run()` returns a LoopResult with the reason the loop ended. An exception raised by the controller
 (a policy bug, a failed teleop device) ends the loop with reason "controller" after stopping the arm,
@@ -92,7 +93,7 @@ class StepInfo:
     state: ArmState  # arm state the controller saw
     action: np.ndarray  # (8,) what was sent to the arm (after the safety hook)
     latency: float  # command time - tick, loop clock seconds
-    compute: float  # wall-clock seconds spent in this step
+    compute: float  # wall-clock seconds from the frame in hand to the command sent
 
 
 @dataclass
