@@ -1,0 +1,193 @@
+"""Can the vision tower see the motion direction? A supervised probe, with and without MOSS, two grids.
+
+The table-5 bench (results/sim_table5) shows the small policies pointing at chance: the end-to-end
+action loss did not teach the tower which way the MoveSense circle moves. This probe isolates the
+vision part: the tower of a policy config (trained from scratch, as in the bench) plus a linear
+classifier on the newest frame's tokens (mean and max pooled) learn the motion direction directly
+from 8-frame windows of scripted MoveSense L/R episodes collected here. Windows end on a frame
+where the circle is moving; train on the first episodes, test on the last ones (unseen seeds).
+
+Variants, side by side in one run (worker processes, one thread each):
+  - `moss_p16`: the small preset (112 px, 16 px patches -> 7 x 7 tokens, MOSS window (5, 5, 5));
+  - `moss_p8`: the same tower on 8 px patches (14 x 14 tokens; the circle moves ~1/4 token per frame);
+  - `moss_p16_L7`: 7 x 7 tokens, temporal window of 7 frames;
+  - `none_p16`: no temporal module (the control: the newest frame's tokens carry no motion, so this
+    must stay at the majority-class rate; if it does not, the probe leaks the label).
+Reported: majority-class rate of the test windows, test accuracy every `--eval-every` steps, the best
+and final accuracy, seconds per step. Results: results/direction_probe.{json,png}.
+
+Run: ``.venv/bin/python benchmarks/direction_probe_bench.py [--steps 300] [--episodes 20] [--jobs 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from moss_vla.paths import REPO_ROOT
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+VARIANTS: dict[str, list[str]] = {
+    "moss_p16": ["policy=moss"],
+    "moss_p8": ["policy=moss", "model.vision.patch_size=8"],
+    "moss_p16_L7": ["policy=moss", "model.temporal.window=[7,5,5]"],
+    "none_p16": ["policy=contextvla"],
+}
+T = 8  # frames per window, as the policies
+
+
+def collect_store(path: Path, episodes: int, seed: int) -> Path:
+    """Scripted MoveSense L/R episodes in the simulated rig (reused if the store is already there)."""
+    from tasks.sim_cli import collect, compose_config
+
+    done = path.with_suffix(".collect.json")
+    if not done.exists():
+        report = collect(compose_config(["task=movesense_lr", f"episodes={episodes}", f"out={path}",
+                                         f"base_seed={seed}", "overwrite=true"], "sim"))
+        done.write_text(json.dumps(report, indent=1))
+    return path
+
+
+def motion_windows(store_path: Path, episodes: range, min_motion_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, T, 3, H, W) uint8 windows ending on a frame with the circle moving for at least
+    `min_motion_frames` frames, and their labels (0 left, 1 right)."""
+    from moss_vla.episodes.store import EpisodeStore
+
+    store = EpisodeStore(store_path)
+    xs, ys = [], []
+    for e in episodes:
+        ep = store.episode(e, keys=["image", "stim_phase", "stim_label"])
+        moving = np.asarray(ep["stim_phase"]) == 2
+        run = np.zeros(len(moving), int)  # frames the circle has been moving, up to and including t
+        for t in range(len(moving)):
+            run[t] = (run[t - 1] + 1 if t else 1) if moving[t] else 0
+        images = np.asarray(ep["image"])
+        for t in np.nonzero(run >= min_motion_frames)[0]:
+            idx = [max(0, i) for i in range(t - T + 1, t + 1)]  # the start of an episode repeats frame 0
+            xs.append(images[idx])
+            ys.append(int(ep["stim_label"][t]))
+    return np.stack(xs).transpose(0, 1, 4, 2, 3), np.asarray(ys)
+
+
+def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test: int, steps: int, batch: int,
+          eval_every: int, lr: float, min_motion_frames: int, seed: int) -> dict[str, Any]:
+    """Train tower + linear classifier on the direction; returns the accuracy curve."""
+    import torch
+    from torch import nn
+
+    from moss_vla.config import compose_config
+    from moss_vla.policy import make_policy
+
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    cfg = compose_config([f"data.paths=[{store_path}]", "model=small", *overrides], "train")
+    tower = make_policy(cfg.policy, cfg.model, None).vision
+    x_tr, y_tr = motion_windows(Path(store_path), range(n_train), min_motion_frames)
+    x_te, y_te = motion_windows(Path(store_path), range(n_train, n_train + n_test), min_motion_frames)
+    width = int(cfg.model.vision.hidden_size)
+    head = nn.Linear(2 * width, 2)
+    opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=lr)
+
+    def logits(x: np.ndarray) -> torch.Tensor:
+        tokens = tower(torch.from_numpy(x).float() / 255.0)[:, -1]  # (B, T, hw, C) -> newest frame (B, hw, C)
+        return head(torch.cat([tokens.mean(1), tokens.amax(1)], -1))
+
+    def test_accuracy() -> float:
+        tower.eval()
+        with torch.no_grad():
+            hits = sum(int((logits(x_te[i:i + 64]).argmax(-1).numpy() == y_te[i:i + 64]).sum())
+                       for i in range(0, len(y_te), 64))
+        tower.train()
+        return hits / len(y_te)
+
+    rng = np.random.default_rng(seed)
+    curve: list[tuple[int, float, float]] = []  # (step, train loss, test accuracy)
+    train_seconds = 0.0
+    for step in range(1, steps + 1):
+        t0 = time.perf_counter()
+        pick = rng.integers(len(y_tr), size=batch)
+        loss = nn.functional.cross_entropy(logits(x_tr[pick]), torch.from_numpy(y_tr[pick]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        train_seconds += time.perf_counter() - t0
+        if step % eval_every == 0 or step == steps:
+            curve.append((step, loss.item(), test_accuracy()))
+            print(f"{name}: step {step} loss {loss.item():.3f} test acc {curve[-1][2]:.3f}", flush=True)
+    accs = [c[2] for c in curve]
+    return {"overrides": overrides, "train_windows": len(y_tr), "test_windows": len(y_te),
+            "majority_rate": float(max(y_te.mean(), 1 - y_te.mean())), "curve": curve,
+            "best_accuracy": max(accs), "final_accuracy": accs[-1],
+            "seconds_per_step": train_seconds / steps}
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, r in results.items():
+        steps, _, acc = zip(*r["curve"], strict=True)
+        ax.plot(steps, acc, marker="o", ms=3, label=f"{name} ({r['seconds_per_step']:.2f} s/step)")
+    chance = max(r["majority_rate"] for r in results.values())
+    ax.axhline(chance, color="grey", ls="--", lw=1, label=f"majority class {chance:.2f}")
+    ax.set(xlabel="training step (batch of 8-frame windows)", ylabel="test accuracy (unseen episodes)",
+           title="MoveSense L/R: motion direction from the vision tower", ylim=(0.0, 1.02))
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--episodes", type=int, default=20, help="episodes collected (3 interactions each)")
+    ap.add_argument("--test-episodes", type=int, default=4, help="of those, the last ones are the test set")
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--min-motion-frames", type=int, default=3, help="frames of motion the newest frame ends")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--jobs", type=int, default=2, help="variants trained at once (one core each)")
+    ap.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "direction_probe")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    if not 0 < args.test_episodes < args.episodes:
+        raise SystemExit(f"--test-episodes must be between 1 and --episodes - 1, got {args.test_episodes}")
+    args.work.mkdir(parents=True, exist_ok=True)
+    store = collect_store(args.work / f"movesense_lr_{args.episodes}.zarr", args.episodes, seed=500_000)
+    n_train = args.episodes - args.test_episodes
+    wall0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {v: pool.submit(probe, v, VARIANTS[v], str(store), n_train, args.test_episodes, args.steps,
+                                  args.batch, args.eval_every, args.lr, args.min_motion_frames, args.seed)
+                   for v in args.variants}
+        results = {v: f.result() for v, f in futures.items()}
+    out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                       "python": platform.python_version(), "load_average_1min": [load0, os.getloadavg()[0]]},
+           "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+           "wall_seconds": time.perf_counter() - wall0, "variants": results}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "direction_probe.json").write_text(json.dumps(out, indent=1))
+    plot(results, RESULTS / "direction_probe.png")
+    print(f"\n{'variant':<14} {'majority':>8} {'best':>6} {'final':>6} {'s/step':>7}")
+    for v, r in results.items():
+        print(f"{v:<14} {r['majority_rate']:8.3f} {r['best_accuracy']:6.3f} {r['final_accuracy']:6.3f} "
+              f"{r['seconds_per_step']:7.2f}")
+    print(f"-> {RESULTS / 'direction_probe.json'}, direction_probe.png")
+
+
+if __name__ == "__main__":
+    main()
