@@ -47,7 +47,7 @@ def test_replay_plays_frames_and_timestamps_of_every_episode_then_ends(store):
         ep, t = divmod(k, 5)
         np.testing.assert_array_equal(f.image, expected[ep][1]["image"][t])
         assert f.timestamp == pytest.approx(expected[ep][1]["timestamp"][t])
-        assert f.index == k
+        assert f.index == k and f.arrival is None  # played as fast as read: no arrival time
     assert cam.image_size == (16, 16)
 
 
@@ -58,6 +58,7 @@ def test_replay_realtime_paces_on_the_clock_and_loops(store):
     seen = []
     for _ in range(7):
         f = cam.read()
+        assert f.arrival == clock.now()  # released at its recorded spacing: that is when it arrived
         seen.append((f.timestamp, clock.now()))
     # clock time advanced exactly as the recorded timestamps within the episode
     rec = np.array([s[0] for s in seen[:5]])

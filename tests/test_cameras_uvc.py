@@ -9,6 +9,7 @@ import pytest
 
 from robot.cameras import CameraError, EndOfStream, make_camera
 from robot.cameras.uvc import UvcCamera, take_left_half
+from robot.clock import RealClock
 
 
 def _frame_bgr(i: int, h: int = 90, w: int = 320) -> np.ndarray:
@@ -108,6 +109,7 @@ def test_device_gets_the_requested_mode_and_gives_rgb_left_view(fake_capture):
     frames = [cam.read(timeout=1.0) for _ in range(3)]
     cam.close()
     assert cap.released
+    assert all(f.arrival is None for f in frames)  # no loop clock given: the loop uses when read() returned
     assert frames[0].image.shape == (720, 1280, 3)
     assert tuple(frames[1].image[5, 5]) == (30, 20, 10)  # BGR -> RGB
     assert [int(f.image[0, 0, 2]) for f in frames] == [0, 3, 6]  # blue channel carries the frame number
@@ -124,11 +126,15 @@ def test_device_in_background_with_wall_clock_timestamps(fake_capture, monkeypat
         return clock["t"]
 
     monkeypatch.setattr(uvc.time, "time", fake_time)
-    with UvcCamera("0", stereo="none", width=None, height=None) as cam:  # "0" from a CLI: device index
+    loop_clock = RealClock()
+    with UvcCamera("0", stereo="none", width=None, height=None, clock=loop_clock) as cam:  # "0": device index
         assert cam.background and cam.timestamps == "wall"
         f1, f2 = cam.read(timeout=2.0), cam.read(timeout=2.0)
+        read_at = loop_clock.now()
     assert f1.image.shape == (480, 640, 3)  # stereo: none keeps the full frame
     assert f2.index > f1.index and f2.timestamp > f1.timestamp
+    # the grab thread stamps each kept frame's arrival on the loop's clock (a frame-locked loop ticks on it)
+    assert 0.0 <= f1.arrival <= f2.arrival <= read_at
 
 
 def test_missing_device_names_the_index_and_suggests_sim(fake_capture):

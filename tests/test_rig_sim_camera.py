@@ -67,10 +67,10 @@ def test_read_waits_on_the_clock_for_the_next_frame_and_skips_to_the_newest():
     clock = SimClock()
     cam = make(Recorder(), clock, phase=0.0, latency=0.03, jitter_std=0.0)
     f0 = cam.read()  # frame 0 is available at 0.03: the sim clock advances to it
-    assert f0.index == 0 and clock.now() == pytest.approx(0.03)
+    assert f0.index == 0 and clock.now() == pytest.approx(0.03) and f0.arrival == pytest.approx(0.03)
     clock.sleep_until(0.52)  # the reader was late: frames 1-3 are skipped, 4 is the newest, 5 comes at 0.53
     f = cam.read()
-    assert f.index == 4 and f.timestamp == pytest.approx(0.4)
+    assert f.index == 4 and f.timestamp == pytest.approx(0.4) and f.arrival == pytest.approx(0.43)  # waited
     with pytest.raises(SimCameraError, match="timeout"):
         cam.read(timeout=0.005)
     f = cam.read()
