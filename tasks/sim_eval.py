@@ -100,7 +100,15 @@ def load_policy(cfg: DictConfig, command: str) -> Any:
     if ckpt is None or not ckpt.exists():
         raise FileNotFoundError(f"{command}: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
                                 f"directory moss-train wrote, e.g. runs/<run>/checkpoints/latest")
-    return MossVLAPolicy.from_pretrained(ckpt)
+    policy = MossVLAPolicy.from_pretrained(ckpt)
+    n = cfg.get("n_action_steps")
+    if n is not None:  # execution horizon: an inference choice, not part of the trained model
+        horizon = policy.config.action_head.horizon
+        if not 1 <= int(n) <= horizon:
+            raise ValueError(f"{command}: n_action_steps={n} must be in [1, {horizon}] (the action horizon of "
+                             f"{ckpt}), or null for the checkpoint's own ({policy.config.n_action_steps})")
+        policy.config.n_action_steps = int(n)
+    return policy
 
 
 def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import pytest
 
 from tasks.sim_bench import bench_main
 from tasks.sim_cli import compose_config, main
+from tasks.sim_eval import load_policy
 
 POLICIES = ["groot", "moss"]
 
@@ -68,6 +69,18 @@ def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, ca
     assert "overlaps the seeds of the training episodes of movesense_lr (0..1)" in capsys.readouterr().err
     assert main(["eval", f"checkpoint={tmp_path / 'nope'}", "task=movesense_lr", "progress=false"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_eval_sets_the_execution_horizon_within_the_checkpoints_action_horizon(bench):
+    work, _ = bench
+    ckpt = work / "movesense_lr-moss" / "checkpoints" / "step_0000003"
+    cfg = compose_config([f"checkpoint={ckpt}", "task=movesense_lr"], "sim_eval")
+    trained = load_policy(cfg, "moss-sim eval").config.n_action_steps
+    cfg.n_action_steps = 3
+    assert load_policy(cfg, "moss-sim eval").config.n_action_steps == 3 != trained
+    cfg.n_action_steps = 99
+    with pytest.raises(ValueError, match=r"moss-sim eval: n_action_steps=99 must be in \[1, 16\]"):
+        load_policy(cfg, "moss-sim eval")
 
 
 def test_demo_config_is_the_small_movesense_comparison():
