@@ -290,3 +290,39 @@ def test_hf_tokenizer_from_local_directory(tmp_path):
     assert policy.backbone.text_embed.num_embeddings == len(vocab)
     chunk = policy.predict_action_chunk(batch(policy.config), seed=0)
     assert chunk.shape == (2, 16, 8) and torch.isfinite(chunk).all()
+
+
+@pytest.mark.parametrize("L,order_one_frames", [(3, 1), (5, 2)])
+def test_causal_moss_stream_memory_reuses_m1_without_changing_the_output(L, order_one_frames, monkeypatch):
+    """A stream of windows (growing to T = 8 frames, then sliding): with the module's stream memory,
+    each new frame computes M(1) for itself (and, when 2 (L - 1) > T - 1, for the oldest frame it
+    needs, whose window got truncated) instead of L frames; the output is the memoryless one."""
+    from moss_vla.policy import temporal_modules
+
+    C, T = 16, 8
+    m = build_temporal_module(C, TemporalConfig(module="moss", window=(L, 3, 3), hidden=8, conv_blocks=1,
+                                                causal=True))
+    randomise_zero_layers(m)
+    m.eval()
+    memory = m.stream_memory()
+    query_frames: list[int] = []
+    real_stss = temporal_modules.stss
+
+    def counting_stss(*args, queries, **kwargs):
+        query_frames.append(queries[1] - queries[0])
+        return real_stss(*args, queries=queries, **kwargs)
+
+    monkeypatch.setattr(temporal_modules, "stss", counting_stss)
+    frames = torch.randn(2, 20, 4, 4, C)
+    with torch.no_grad():
+        for t in range(20):
+            window = frames[:, max(0, t - T + 1): t + 1]
+            query_frames.clear()
+            got = m.newest(window, memory)
+            with_memory = sum(query_frames)
+            query_frames.clear()
+            ref = m.newest(window)
+            assert (got - ref).abs().max() < 1e-5
+            if t >= T:  # sliding window: M(2) of the newest frame + M(1) where needed
+                assert (with_memory, sum(query_frames)) == (order_one_frames + 1, L + 1)
+    assert sorted(memory.m1) == list(range(20 - T, 20))  # the frames of the last window, no older ones

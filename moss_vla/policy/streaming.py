@@ -9,14 +9,14 @@ What can be cached depends on the temporal window (``temporal.causal``):
   on the window. Exact: the result equals the uncached forward on the same window.
 - causal window (``temporal.causal: true``) with ContextVLA compression: everything for past frames
   is cached. When a frame arrives, the tower runs layers 1..k for it, the temporal module's output for
-  the newest frame (its causal window only looks back; MOSS computes M(n) only for the frames the newest
-  one depends on), layers k+1..N, and the VL blocks before the
-  compression for its tokens, attending to the cached keys/values of the previous T-1 frames (the
-  group-causal attention never lets a frame see later ones). The cache keeps per frame: the pre-module
-  tokens (for later frames' temporal windows), the keys/values of each early VL block, and the frame's
-  tokens after block ``compress_after`` (for the context token). A replan then only runs the text
-  through the early blocks, the blocks after the compression on [context, current frame, text], and the
-  action head.
+  the newest frame (its causal window only looks back; MOSS computes M(n) only for the frames the
+  newest one depends on, and reuses the M(1) of past frames that cannot have changed), layers k+1..N,
+  and the VL blocks before the compression for its tokens, attending to the cached keys/values of the
+  previous T-1 frames (the group-causal attention never lets a frame see later ones). The cache keeps
+  per frame: the pre-module tokens (for later frames' temporal windows), MOSS's M(1), the keys/values
+  of each early VL block, and the frame's tokens after block ``compress_after`` (for the context
+  token). A replan then only runs the text through the early blocks, the blocks after the compression
+  on [context, current frame, text], and the action head.
 
   Streaming semantics: each frame's cached state was computed when it was the newest frame, with the
   T-1 frames before it as context. The uncached forward on a T-frame window instead gives the oldest
@@ -56,6 +56,8 @@ class FrameCache:
         self.pre: deque[Tensor] = deque(maxlen=self.T)  # (B, h*w, C) tokens after vision layer k
         self.kv: deque[list[tuple[Tensor, Tensor]]] = deque(maxlen=self.T)  # per frame: (k, v) per early block
         self.early_out: deque[Tensor] = deque(maxlen=self.T)  # per frame: (B, n, D) after compress_after
+        temporal = self.policy.vision.temporal
+        self.temporal_memory = temporal.stream_memory() if self.full and temporal is not None else None
         self.frames_seen = 0
 
     @torch.inference_mode()
@@ -75,7 +77,7 @@ class FrameCache:
     def _push_full(self) -> None:
         vision, backbone = self.policy.vision, self.policy.backbone
         window = torch.stack(list(self.pre), 1)  # (B, t, h*w, C), the newest last
-        tokens = vision.post(vision.temporal_residual_newest(window))  # (B, h*w, C)
+        tokens = vision.post(vision.temporal_residual_newest(window, self.temporal_memory))  # (B, h*w, C)
         frame = backbone.embed_frames(tokens[:, None])[:, 0]  # (B, n, D)
         past = None
         if self.kv:  # keys/values of the previous frames (at most T-1 of them), per early block

@@ -50,9 +50,14 @@ class TemporalModule(nn.Module):
 
     causal: bool = False
 
-    def newest(self, x: Tensor) -> Tensor:
-        """Output for the last frame of x only: (B, 1, H, W, C)."""
+    def newest(self, x: Tensor, memory: object | None = None) -> Tensor:
+        """Output for the last frame of x only: (B, 1, H, W, C). ``memory``: this module's
+        :meth:`stream_memory` object when x is the window of a stream pushed one frame at a time."""
         return self(x)[:, -1:]
+
+    def stream_memory(self) -> object | None:
+        """Per-stream state that :meth:`newest` may reuse from one frame to the next (None: nothing)."""
+        return None
 
 
 class MossTemporal(TemporalModule):
@@ -77,10 +82,15 @@ class MossTemporal(TemporalModule):
             return self.moss(x)
         return self._run(x, newest=False)
 
-    def newest(self, x: Tensor) -> Tensor:
+    def newest(self, x: Tensor, memory: object | None = None) -> Tensor:
         if not self.causal:  # a centred window needs every frame's neighbours: run the whole clip
             return self(x)[:, -1:]
-        return self._run(x, newest=True)
+        return self._run(x, newest=True, memory=memory)
+
+    def stream_memory(self) -> OrderOneMemory | None:
+        if not self.causal or len(self.moss.encoders) < 2:  # only M(2) and above read past frames' M(1)
+            return None
+        return OrderOneMemory(self.moss.window[0])
 
     def fold_for_inference(self) -> None:
         """Fold the last linear of each g(n) into FC(M(n)): ``FC(M(n)) = W_fc (W_fuse z + b) + b_fc``
@@ -99,11 +109,12 @@ class MossTemporal(TemporalModule):
     def unfold(self) -> None:
         self.folded = None
 
-    def _run(self, x: Tensor, newest: bool) -> Tensor:
+    def _run(self, x: Tensor, newest: bool, memory: OrderOneMemory | None = None) -> Tensor:
         """Eq. 3-5 from MOSS's submodules; ``newest``: output (B, 1, H, W, C) of the last frame only.
 
         With the causal window, frame t's M(n) depends on M(n-1) of frames t-L+1..t, so the newest
         frame needs M(n) only for its last (N - n)(L - 1) + 1 frames at order n (N = top order).
+        ``memory`` (a stream, newest only): M(1) of past frames is reused where it cannot have changed.
         """
         moss = self.moss
         T, L, top = x.shape[1], moss.window[0], len(moss.encoders)
@@ -112,15 +123,67 @@ class MossTemporal(TemporalModule):
         m, m_start = x, 0  # input clip of f for this order, and the absolute index of its first frame
         for n, enc in enumerate(moss.encoders, start=1):
             q0 = max(0, T - 1 - (top - n) * (L - 1)) if newest else 0  # first frame whose M(n) is needed
-            s = stss(m, moss.window, moss.causal, queries=(q0 - m_start, T - m_start))  # S(n), frames q0..T-1
-            z = encode_late_fusion(enc, s)  # (B, T - q0, H, W, L*D), before g(n)'s last linear
+
+            def before_fuse(a: int, b: int, m: Tensor = m, m_start: int = m_start, enc: nn.Module = enc) -> Tensor:
+                s = stss(m, moss.window, moss.causal, queries=(a - m_start, b - m_start))  # S(n), frames a..b-1
+                return encode_late_fusion(enc, s)  # (B, b - a, H, W, L*D), before g(n)'s last linear
+
+            if n == 1 and memory is not None:
+                zq, m_next = memory.order_one(T, q0, before_fuse, enc.fuse)  # newest frame's z, M(1) of q0..T-1
+            else:
+                z = before_fuse(q0, T)
+                zq, m_next = z[:, first_out - q0 :], (enc.fuse(z) if n < top else None)
             if n in moss.orders:
-                zq = z[:, first_out - q0 :]
                 out = out + (self.folded[str(n)](zq) if self.folded is not None
                              else moss.fc_orders[str(n)](enc.fuse(zq)))  # FC(M(n))
             if n < top:
-                m, m_start = enc.fuse(z), q0  # M(n), input of order n + 1
+                m, m_start = m_next, q0  # M(n), input of order n + 1
         return out
+
+
+class OrderOneMemory:
+    """M(1) of the recent frames of a stream (causal MOSS, top order >= 2), so that each new frame
+    computes M(1) only where it is new or its value in the current window differs from the stored one.
+
+    Frame a's M(1) reads the frames max(a - L + 1, s)..a of a window starting at absolute frame s; the
+    value stored when a was the newest frame (window start s_a) still holds in a window starting at
+    s >= s_a iff s <= max(a - L + 1, s_a). In a full T-frame window that is every needed frame but the
+    oldest, so the newest frame costs 2 frames of order-1 work instead of L (exactly as before: same
+    window semantics as :meth:`MossTemporal.newest` without memory).
+    """
+
+    def __init__(self, L: int) -> None:
+        self.L = L
+        self.t = -1  # absolute index of the newest frame seen
+        self.m1: dict[int, tuple[int, Tensor]] = {}  # frame -> (its window start, M(1) (B, 1, H, W, C))
+
+    def _valid(self, a: int, start: int) -> bool:
+        hit = self.m1.get(a)
+        return hit is not None and start <= max(a - self.L + 1, hit[0])
+
+    def order_one(self, T: int, q0: int, before_fuse: Callable[[int, int], Tensor],
+                  fuse: nn.Module) -> tuple[Tensor, Tensor]:
+        """Called once per new frame with its window of T frames (window coordinates; the newest is
+        T - 1). Returns the newest frame's z (B, 1, H, W, L*D) and M(1) of frames q0..T-1."""
+        self.t += 1
+        start = self.t - T + 1
+        parts: list[Tensor] = []
+        i = q0
+        while i < T:
+            if self._valid(start + i, start):
+                parts.append(self.m1[start + i][1])
+                i += 1
+                continue
+            j = i + 1  # a run of frames to compute together
+            while j < T and not self._valid(start + j, start):
+                j += 1
+            z = before_fuse(i, j)
+            parts.append(fuse(z))
+            i = j
+        self.m1[self.t] = (start, parts[-1][:, -1:])
+        for a in [a for a in self.m1 if a <= self.t - T]:  # frames that left the window
+            del self.m1[a]
+        return z[:, -1:], torch.cat(parts, 1)
 
 
 def encode_late_fusion(enc: nn.Module, s: Tensor) -> Tensor:

@@ -101,12 +101,13 @@ class VisionTower(nn.Module):
         grid = x.view(B, T, self.grid, self.grid, C)
         return x + self.temporal(grid).reshape(B, T, N, C)
 
-    def temporal_residual_newest(self, x: Tensor) -> Tensor:
-        """The newest frame's tokens after the residual, from the (B, T, h*w, C) window: (B, h*w, C)."""
+    def temporal_residual_newest(self, x: Tensor, memory: object | None = None) -> Tensor:
+        """The newest frame's tokens after the residual, from the (B, T, h*w, C) window: (B, h*w, C).
+        ``memory``: the temporal module's stream memory when frames come one at a time."""
         if self.temporal is None:
             return x[:, -1]
         B, T, N, C = x.shape
-        delta = self.temporal.newest(x.view(B, T, self.grid, self.grid, C)).reshape(B, N, C)
+        delta = self.temporal.newest(x.view(B, T, self.grid, self.grid, C), memory).reshape(B, N, C)
         return x[:, -1] + delta
 
     def post(self, x: Tensor) -> Tensor:
