@@ -147,9 +147,10 @@ class OrderOneMemory:
 
     Frame a's M(1) reads the frames max(a - L + 1, s)..a of a window starting at absolute frame s; the
     value stored when a was the newest frame (window start s_a) still holds in a window starting at
-    s >= s_a iff s <= max(a - L + 1, s_a). In a full T-frame window that is every needed frame but the
-    oldest, so the newest frame costs 2 frames of order-1 work instead of L (exactly as before: same
-    window semantics as :meth:`MossTemporal.newest` without memory).
+    s >= s_a iff s <= max(a - L + 1, s_a). In a full T-frame window that is every needed frame except,
+    when 2 (L - 1) > T - 1, the oldest (its window lost a frame), so the newest frame costs 1 or 2
+    frames of order-1 work instead of L, with the window semantics of :meth:`MossTemporal.newest`
+    without memory (same output).
     """
 
     def __init__(self, L: int) -> None:
