@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from moss_vla.paths import CONFIG_DIR
-from moss_vla.training_data import build_datasets
+from moss_vla.training_data import build_datasets, label_classes
 
 TRAIN_STATE = "training_state.pt"
 
@@ -168,13 +168,15 @@ def evaluate(policy, loader: DataLoader, device: torch.device, max_batches: int)
     mean absolute error over the unpadded steps, in the units of the actions: rad for joints)."""
     was_training = policy.training
     policy.eval()
-    losses, errs, first_errs = [], [], []
+    losses, errs, first_errs, aux = [], [], [], []
     for b, batch in enumerate(loader):
         if b >= max_batches:
             break
         batch = _to_device(batch, device)
-        loss, _ = policy(batch)
-        losses.append(float(loss))
+        loss, stats = policy(batch)
+        losses.append(stats.get("action_loss", float(loss)))  # the flow-matching loss, comparable across runs
+        if "aux_label_loss" in stats:
+            aux.append((stats["aux_label_loss"], stats["aux_label_acc"]))
         pred = policy.predict_action_chunk(batch)  # (B, H, A), unnormalised
         target = batch["action"]
         valid = ~batch["action_is_pad"]  # (B, H)
@@ -184,8 +186,11 @@ def evaluate(policy, loader: DataLoader, device: torch.device, max_batches: int)
     policy.train(was_training)
     if not losses:
         return {}
-    return {"val_loss": float(np.mean(losses)), "val_action_mae": float(np.mean(errs)),
-            "val_first_action_mae": float(np.mean(first_errs))}
+    out = {"val_loss": float(np.mean(losses)), "val_action_mae": float(np.mean(errs)),
+           "val_first_action_mae": float(np.mean(first_errs))}
+    if aux:
+        out["val_aux_label_loss"], out["val_aux_label_acc"] = (float(v) for v in np.mean(aux, 0))
+    return out
 
 
 def plot_loss_curve(csv_path: Path, out_png: Path) -> None:
@@ -279,6 +284,8 @@ def train(cfg: DictConfig) -> TrainResult:
         state = torch.load(resume / TRAIN_STATE, weights_only=False)
         start = int(state["step"])
     else:
+        if cfg.policy.get("aux_label_weight", 0) > 0 and not cfg.policy.get("aux_label_classes"):
+            cfg.policy.aux_label_classes = label_classes(cfg.data.paths)  # recorded in the run's config.yaml
         policy = make_policy(cfg.policy, cfg.model, stats)
     policy.to(device).train()
 

@@ -63,3 +63,18 @@ def build_datasets(cfg: DictConfig, n_frames: int, horizon: int) -> tuple[Datase
             (ConcatDataset(vals) if len(vals) > 1 else vals[0]) if vals else None,
             stats)
 
+
+def label_classes(paths: Any) -> int:
+    """1 + the number of stimulus labels of the episodes in the stores (the auxiliary label head's
+    classes); every episode must have the same ``label_names`` (the stim_label indices mean the same)."""
+    from moss_vla.episodes import EpisodeStore
+
+    names: dict[tuple[str, ...], str] = {}
+    for path in _store_paths(paths):
+        for i, meta in enumerate(EpisodeStore(path).episode_metas):
+            names.setdefault(tuple(meta.get("label_names") or ()), f"{path} episode {i}")
+    if len(names) != 1 or not next(iter(names)):
+        raise ValueError("policy.aux_label_weight > 0 needs episodes whose label_names are all the same and not "
+                         f"empty; found {', '.join(f'{list(k)} ({v})' for k, v in names.items())}")
+    return 1 + len(next(iter(names)))
+

@@ -326,3 +326,22 @@ def test_causal_moss_stream_memory_reuses_m1_without_changing_the_output(L, orde
             if t >= T:  # sliding window: M(2) of the newest frame + M(1) where needed
                 assert (with_memory, sum(query_frames)) == (order_one_frames + 1, L + 1)
     assert sorted(memory.m1) == list(range(20 - T, 20))  # the frames of the last window, no older ones
+
+
+def test_aux_label_loss_is_added_and_reaches_the_vision_tower():
+    with pytest.raises(ValueError, match="aux_label_classes >= 2"):
+        tiny_config("moss", aux_label_weight=0.5)
+    policy = tiny_policy("moss", aux_label_weight=0.5, aux_label_classes=3)
+    b = {**batch(policy.config), "stim_label": torch.tensor([-1, 1])}
+    loss, st = policy(b)
+    assert abs(float(loss.detach()) - st["action_loss"] - 0.5 * st["aux_label_loss"]) < 1e-5
+    assert st["aux_label_acc"] in (0.0, 0.5, 1.0)
+    loss.backward()
+    assert policy.label_head.weight.grad.abs().sum() > 0
+    assert policy.vision.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"stim_label values \[0, 2\] do not fit aux_label_classes = 3"):
+        policy({**b, "stim_label": torch.tensor([2, 0])})
+    del b["stim_label"]
+    with pytest.raises(KeyError, match="lacks 'stim_label'"):
+        policy(b)
+    assert tiny_policy("moss").label_head is None  # off by default: no extra parameters

@@ -111,6 +111,18 @@ def test_resume_continues_exactly(store, tmp_path):
     assert [int(r["step"]) for r in rows] == [10, 12]
 
 
+def test_aux_label_loss_trains_a_label_head_sized_from_the_store(store, tmp_path):
+    """policy.aux_label_weight > 0: moss-train sizes the label head from the store's label_names (none +
+    left/right), logs the action and label losses apart and the validation label accuracy."""
+    res = train(cfg_for(store, tmp_path / "aux", "steps=5", "val_every=5", "policy.aux_label_weight=0.5"))
+    assert res.policy.config.aux_label_classes == 3 and res.policy.label_head.out_features == 3
+    assert "aux_label_classes: 3" in (tmp_path / "aux" / "config.yaml").read_text()
+    row = list(csv.DictReader((tmp_path / "aux" / "metrics.csv").open()))[-1]
+    assert abs(float(row["loss"]) - float(row["action_loss"]) - 0.5 * float(row["aux_label_loss"])) < 1e-4
+    assert 0.0 <= float(row["val_aux_label_acc"]) <= 1.0 and float(row["val_aux_label_loss"]) > 0
+    assert "label_head.weight" in weights(res.checkpoint)
+
+
 def test_bad_dataset_path_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere.zarr"):
         train(cfg_for(tmp_path / "nowhere.zarr", tmp_path / "run", "steps=1"))

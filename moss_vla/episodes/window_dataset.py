@@ -152,6 +152,7 @@ class WindowDataset(Dataset):
         # RAM cache of the small arrays (a few MB even for hours of data)
         self._state = store.read("state")
         self._action = store.read("action")
+        self._stim_label = store.read("stim_label")  # (auxiliary label loss: the newest frame's label)
         self._starts = store.episode_starts.copy()
         self._ends = store.episode_ends.copy()
         metas = store.episode_metas
@@ -210,6 +211,7 @@ class WindowDataset(Dataset):
             "state": torch.from_numpy(self._state[i].copy()),  # (8,)
             "action": torch.from_numpy(self._action[actions]),  # (H, 8)
             "action_is_pad": torch.from_numpy(action_pad),  # (H,)
+            "stim_label": int(self._stim_label[i]),  # -1: no interaction in progress
             "instruction": self._instruction[e],
             "task": self._task[e],
             "episode": e,

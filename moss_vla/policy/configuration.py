@@ -116,6 +116,11 @@ class MossVLAConfig:
     normalization: str = "min_max"  # state/action normalisation: min_max (to [-1, 1]) or mean_std
     inference_seed: int | None = None  # seed for the flow-matching noise in select_action (None: random)
     use_cache: bool = True  # select_action caches per-frame work (streaming.py)
+    # Auxiliary stimulus-label loss (a training recipe, not in the MOSS paper; off by default): a linear
+    # head on the mean VL feature predicts the newest frame's ``stim_label`` (class 0: no interaction in
+    # progress, 1 + i: label i), added to the flow-matching loss with this weight.
+    aux_label_weight: float = 0.0
+    aux_label_classes: int = 0  # 1 + the task's number of labels; moss-train sets it from the store
     vision: VisionConfig = field(default_factory=VisionConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -158,6 +163,12 @@ class MossVLAConfig:
                 f"backbone.hidden_size ({b.hidden_size}) must be divisible by "
                 f"action_head.vl_self_attention_heads ({h.vl_self_attention_heads})"
             )
+        if self.aux_label_weight < 0 or self.aux_label_classes < 0:
+            raise ValueError(f"aux_label_weight and aux_label_classes must be >= 0, got {self.aux_label_weight} "
+                             f"and {self.aux_label_classes}")
+        if self.aux_label_weight > 0 and self.aux_label_classes < 2:
+            raise ValueError(f"aux_label_weight = {self.aux_label_weight} needs aux_label_classes >= 2 (1 + the "
+                             f"task's labels; moss-train sets it from the store), got {self.aux_label_classes}")
         if not 1 <= self.n_action_steps <= h.horizon:
             raise ValueError(f"n_action_steps must be in [1, action_head.horizon = {h.horizon}], got {self.n_action_steps}")
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -56,6 +57,9 @@ class MossVLAPolicy(nn.Module):
         self.action_head = ActionHead(config.action_head, config.state_dim, config.action_dim,
                                       config.backbone.hidden_size)
         self.normalizer = Normalizer(config.state_dim, config.action_dim, config.normalization, stats)
+        # auxiliary stimulus-label head (training only; see MossVLAConfig.aux_label_weight)
+        self.label_head = (nn.Linear(config.backbone.hidden_size, config.aux_label_classes)
+                           if config.aux_label_classes else None)
         self.cache = FrameCache(self)
         self._raw_frames: deque[Tensor] = deque(maxlen=config.n_frames)
         self._actions: deque[np.ndarray] = deque()
@@ -128,7 +132,26 @@ class MossVLAPolicy(nn.Module):
         vl, vl_mask = self.encode(batch["image"], batch["instruction"])
         loss = self.action_head.loss(vl, vl_mask, self.normalizer.normalize("state", state),
                                      self.normalizer.normalize("action", action), pad.to(self.device))
-        return loss, {"loss": float(loss.detach())}
+        stats: dict[str, float] = {}
+        if self.label_head is not None and cfg.aux_label_weight > 0:
+            aux, acc = self.label_loss(vl, vl_mask, batch)
+            stats = {"action_loss": float(loss.detach()), "aux_label_loss": float(aux.detach()), "aux_label_acc": acc}
+            loss = loss + cfg.aux_label_weight * aux
+        return loss, {"loss": float(loss.detach()), **stats}
+
+    def label_loss(self, vl: Tensor, vl_mask: Tensor, batch: dict[str, Any]) -> tuple[Tensor, float]:
+        """Cross-entropy of the label head on the mean valid VL feature against the newest frame's
+        ``stim_label`` (-1 -> class 0, label i -> class 1 + i), and the head's accuracy."""
+        if "stim_label" not in batch:
+            raise KeyError(f"aux_label_weight > 0 but the training batch lacks 'stim_label' (has {sorted(batch)})")
+        target = batch["stim_label"].to(self.device).long() + 1
+        if int(target.min()) < 0 or int(target.max()) >= self.config.aux_label_classes:
+            raise ValueError(f"stim_label values {sorted(set((target - 1).tolist()))} do not fit aux_label_classes = "
+                             f"{self.config.aux_label_classes} (-1 and 0..{self.config.aux_label_classes - 2})")
+        m = vl_mask[..., None].to(vl.dtype)
+        pooled = (vl * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
+        logits = self.label_head(pooled)
+        return F.cross_entropy(logits, target), float((logits.argmax(1) == target).float().mean())
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict[str, Any], seed: int | None = None) -> Tensor:
@@ -266,7 +289,7 @@ class MossVLAPolicy(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-ARCH_KEYS_IGNORED = {"variant", "model_size", "inference_seed", "use_cache", "n_action_steps"}
+ARCH_KEYS_IGNORED = {"variant", "model_size", "inference_seed", "use_cache", "n_action_steps", "aux_label_weight"}
 
 
 def check_same_architecture(expected: MossVLAConfig, actual: MossVLAConfig, source: str) -> None:
