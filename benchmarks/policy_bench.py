@@ -12,8 +12,8 @@ Measured side by side in one run, written to benchmarks/results/policy.json:
    - MOSS as trained and with inference folding (FC(M(n)) o fuse(n) -> one linear map; same function);
    - parameters (MB, float32) of the whole policy and of the module;
    - peak resident memory of a fresh process running one call (``VmHWM``).
-2. select_action step latency, cached vs uncached (``use_cache``), for the small and base presets,
-   with the paper's centred STSS window and with ``temporal.causal=true``. Also, independent of the
+2. select_action step latency, cached vs uncached (``use_cache``), for the small, small_fine and base
+   presets, with the paper's centred STSS window and with ``temporal.causal=true``. Also, independent of the
    machine's load, the cost of one replan step's compute (encoding and action head): FLOPs (attention
    included) and the number of aten operators run; their cached/uncached ratios bound the speedup
    when time follows arithmetic (base) or per-operator overhead (small, width 64).
@@ -363,7 +363,7 @@ def machine() -> dict:
             "load_average_at_start": os.getloadavg()}
 
 
-PARTS = ("base", "latency_small", "latency_base", "train")
+PARTS = ("base", "latency_small", "latency_small_fine", "latency_base", "train")
 
 
 def main() -> None:
@@ -386,6 +386,8 @@ def main() -> None:
         out["base_moss_vs_none"] = base_comparison()
     if "latency_small" in args.parts:
         out["latency_small"] = latency_comparison("small", 24 if args.quick else 160)
+    if "latency_small_fine" in args.parts:  # the bench's preset: 14 x 14 tokens, encoding weighs more
+        out["latency_small_fine"] = latency_comparison("small_fine", 24 if args.quick else 160)
     if "latency_base" in args.parts:
         out["latency_base"] = latency_comparison("base", 8 if args.quick else 32)
     if "train" in args.parts:

@@ -87,3 +87,15 @@ def test_demo_config_is_the_small_movesense_comparison():
     cfg = compose_config([], "demo")
     assert list(cfg.tasks) == ["movesense_lr"] and list(cfg.policies) == ["contextvla", "moss"]
     assert cfg.preset == "small" and cfg.train_jobs == 2 and cfg.trials.movesense_lr == 30
+
+
+def test_bench_preset_is_the_small_preset_with_a_finer_token_grid():
+    from omegaconf import OmegaConf
+
+    from moss_vla.paths import CONFIG_DIR
+
+    assert compose_config([], "bench").preset == "small_fine"
+    small, fine = (OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "model" / f"{n}.yaml"))
+                   for n in ("small", "small_fine"))
+    assert (small["vision"].pop("patch_size"), fine["vision"].pop("patch_size")) == (16, 8)
+    assert {**small, "name": None} == {**fine, "name": None}  # nothing else differs
