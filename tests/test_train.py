@@ -22,7 +22,7 @@ from moss_vla.episodes.synthetic import make_synthetic_store
 from moss_vla.paths import CONFIG_DIR
 from moss_vla.policy import make_policy
 from moss_vla.train import train
-from moss_vla.training_data import build_datasets
+from moss_vla.training_data import build_datasets, label_classes
 
 TINY = ["policy=moss", "model=tiny", "model.input_image_size=32", "dataset.augment.enabled=true",
         "log_every=5", "val_every=1000", "val_batches=1", "batch_size=8"]
@@ -121,6 +121,12 @@ def test_aux_label_loss_trains_a_label_head_sized_from_the_store(store, tmp_path
     assert abs(float(row["loss"]) - float(row["action_loss"]) - 0.5 * float(row["aux_label_loss"])) < 1e-4
     assert 0.0 <= float(row["val_aux_label_acc"]) <= 1.0 and float(row["val_aux_label_loss"]) > 0
     assert "label_head.weight" in weights(res.checkpoint)
+
+
+def test_aux_label_classes_need_the_same_label_names_in_every_episode(store, smooth_store):
+    assert label_classes([store]) == 3
+    with pytest.raises(ValueError, match=r"found \['left', 'right'\] \(.*tiny.zarr episode 0\), \[\] \(.*smooth.zarr"):
+        label_classes([store, smooth_store])
 
 
 def test_bad_dataset_path_is_named(tmp_path):
