@@ -13,8 +13,9 @@ The loop is locked to the camera (`rig.loop_sync=frame`): a step's tick is its f
 Reported per session: step latency (tick -> command sent) p50/p99/max, step compute (frame in hand ->
 command sent) p50/p99, missed deadlines (goal: none at 10 Hz with the small preset on 2 CPU cores),
 longest streak, skipped ticks, frames captured by the camera vs frames used/recorded (goal: equal) and,
-for the recording, frames committed to the store; for the async trials also the planner's numbers (steps that held the last action because the
-next chunk was late, plan time, steps from a plan's observation to its chunk's first use). Timing depends
+for the recording, frames committed to the store; for the async trials also the planner's numbers
+(steps that held the last action because the next chunk was late, plan time, steps from a plan's
+observation to its chunk's first use). Timing depends
 on what else runs on the machine: the load average is saved with the numbers, per session.
 
 Run: ``.venv/bin/python benchmarks/loop_bench.py [--minutes 10] [--trial-minutes 10] [--lead 2]``

@@ -8,6 +8,7 @@ recorded with the checkpoint). Writes results.json, results.md and results.png t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -103,11 +104,12 @@ def load_policy(cfg: DictConfig, command: str) -> Any:
     policy = MossVLAPolicy.from_pretrained(ckpt)
     n = cfg.get("n_action_steps")
     if n is not None:  # execution horizon: an inference choice, not part of the trained model
-        horizon = policy.config.action_head.horizon
-        if not 1 <= int(n) <= horizon:
-            raise ValueError(f"{command}: n_action_steps={n} must be in [1, {horizon}] (the action horizon of "
-                             f"{ckpt}), or null for the checkpoint's own ({policy.config.n_action_steps})")
-        policy.config.n_action_steps = int(n)
+        try:  # the config checks the range (__post_init__ -> validate)
+            policy.config = dataclasses.replace(policy.config, n_action_steps=int(n))
+        except ValueError as e:
+            raise ValueError(f"{command}: n_action_steps={n} must be in [1, {policy.config.action_head.horizon}] "
+                             f"(the action horizon of {ckpt}), or null for the checkpoint's own "
+                             f"({policy.config.n_action_steps})") from e
     return policy
 
 

@@ -134,8 +134,11 @@ class MossTemporal(TemporalModule):
                 z = before_fuse(q0, T)
                 zq, m_next = z[:, first_out - q0 :], (enc.fuse(z) if n < top else None)
             if n in moss.orders:
-                out = out + (self.folded[str(n)](zq) if self.folded is not None
-                             else moss.fc_orders[str(n)](enc.fuse(zq)))  # FC(M(n))
+                if self.folded is not None:
+                    out = out + self.folded[str(n)](zq)  # FC(M(n)) with g(n)'s last linear folded in
+                else:  # M(n) of the output frames: the tail of m_next when that was computed anyway
+                    mq = enc.fuse(zq) if m_next is None else m_next[:, m_next.shape[1] - zq.shape[1]:]
+                    out = out + moss.fc_orders[str(n)](mq)  # FC(M(n))
             if n < top:
                 m, m_start = m_next, q0  # M(n), input of order n + 1
         return out
