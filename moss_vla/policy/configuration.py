@@ -117,8 +117,8 @@ class MossVLAConfig:
     inference_seed: int | None = None  # seed for the flow-matching noise in select_action (None: random)
     use_cache: bool = True  # select_action caches per-frame work (streaming.py)
     # Auxiliary stimulus-label loss (a training recipe, not in the MOSS paper; off by default): a linear
-    # head on the mean VL feature predicts the newest frame's ``stim_label`` (class 0: no interaction in
-    # progress, 1 + i: label i), added to the flow-matching loss with this weight.
+    # head on the mean and max of the VL features predicts the newest frame's ``stim_label`` (class 0:
+    # no interaction in progress, 1 + i: label i), added to the flow-matching loss with this weight.
     aux_label_weight: float = 0.0
     aux_label_classes: int = 0  # 1 + the task's number of labels; moss-train sets it from the store
     vision: VisionConfig = field(default_factory=VisionConfig)

@@ -57,8 +57,9 @@ class MossVLAPolicy(nn.Module):
         self.action_head = ActionHead(config.action_head, config.state_dim, config.action_dim,
                                       config.backbone.hidden_size)
         self.normalizer = Normalizer(config.state_dim, config.action_dim, config.normalization, stats)
-        # auxiliary stimulus-label head (training only; see MossVLAConfig.aux_label_weight)
-        self.label_head = (nn.Linear(config.backbone.hidden_size, config.aux_label_classes)
+        # auxiliary stimulus-label head on [mean, max] of the VL tokens (training only; see
+        # MossVLAConfig.aux_label_weight)
+        self.label_head = (nn.Linear(2 * config.backbone.hidden_size, config.aux_label_classes)
                            if config.aux_label_classes else None)
         self.cache = FrameCache(self)
         self._raw_frames: deque[Tensor] = deque(maxlen=config.n_frames)
@@ -140,8 +141,11 @@ class MossVLAPolicy(nn.Module):
         return loss, {"loss": float(loss.detach()), **stats}
 
     def label_loss(self, vl: Tensor, vl_mask: Tensor, batch: dict[str, Any]) -> tuple[Tensor, float]:
-        """Cross-entropy of the label head on the mean valid VL feature against the newest frame's
-        ``stim_label`` (-1 -> class 0, label i -> class 1 + i), and the head's accuracy."""
+        """Cross-entropy of the label head on the mean and the max of the valid VL features against the
+        newest frame's ``stim_label`` (-1 -> class 0, label i -> class 1 + i), and the head's accuracy.
+
+        The max matters: a small moving stimulus lights up one or two tokens, and a mean over all of
+        them alone left the label at chance (README, Table 5 section)."""
         if "stim_label" not in batch:
             raise KeyError(f"aux_label_weight > 0 but the training batch lacks 'stim_label' (has {sorted(batch)})")
         target = batch["stim_label"].to(self.device).long() + 1
@@ -149,8 +153,9 @@ class MossVLAPolicy(nn.Module):
             raise ValueError(f"stim_label values {sorted(set((target - 1).tolist()))} do not fit aux_label_classes = "
                              f"{self.config.aux_label_classes} (-1 and 0..{self.config.aux_label_classes - 2})")
         m = vl_mask[..., None].to(vl.dtype)
-        pooled = (vl * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
-        logits = self.label_head(pooled)
+        mean = (vl * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
+        peak = vl.masked_fill(m == 0, float("-inf")).amax(1)  # (B, D)
+        logits = self.label_head(torch.cat([mean, peak], dim=1))  # (B, classes)
         return F.cross_entropy(logits, target), float((logits.argmax(1) == target).float().mean())
 
     @torch.no_grad()
