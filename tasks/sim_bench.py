@@ -118,8 +118,23 @@ def _run_job(job: PolicyJob) -> None:
         evaluate(compose_config(job.evaluate, "sim_eval"))
 
 
-def _worker(job: PolicyJob, threads: int) -> None:
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """End this process within `poll_s` once `parent_pid` is gone (we were re-parented). A bench killed
+    with SIGTERM or SIGKILL cannot shut its pool down, and its workers would otherwise go on training
+    and writing into the run directory; the run resumes from its last checkpoint."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _worker(job: PolicyJob, threads: int, parent_pid: int) -> None:
     """One policy's job in its own process: its own torch threads, its output to <run>/bench_job.log."""
+    exit_with_parent(parent_pid)
     job.run.mkdir(parents=True, exist_ok=True)
     log = open(job.run / "bench_job.log", "a")  # noqa: SIM115 (kept open for the process's lifetime)
     os.dup2(log.fileno(), 1)
@@ -154,7 +169,7 @@ def _run_parallel(jobs: list[PolicyJob], n_jobs: int) -> None:
     total = sum(j.steps for j in jobs)
     with ProcessPoolExecutor(n_jobs, mp_context=mp.get_context("spawn")) as pool, \
             tqdm(total=total, desc="train (all)", unit="step", dynamic_ncols=True) as bar:
-        futures = {pool.submit(_worker, job, threads): job for job in jobs}
+        futures = {pool.submit(_worker, job, threads, os.getpid()): job for job in jobs}
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=2.0)

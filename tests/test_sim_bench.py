@@ -3,6 +3,7 @@ runs (collect -> train -> closed-loop eval -> table), two policies train side by
 processes, a second run skips what exists, and eval refuses training seeds and missing checkpoints."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -99,3 +100,45 @@ def test_bench_preset_is_the_small_preset_with_a_finer_token_grid():
                    for n in ("small", "small_fine"))
     assert (small["vision"].pop("patch_size"), fine["vision"].pop("patch_size")) == (16, 8)
     assert {**small, "name": None} == {**fine, "name": None}  # nothing else differs
+
+
+def test_bench_workers_end_when_the_bench_is_killed(tmp_path):
+    """A bench killed with SIGKILL cannot stop its pool: the workers notice they were re-parented and end."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing as mp, os, sys, time\n"
+        "from tasks.sim_bench import exit_with_parent\n"
+        "def child(ppid):\n"
+        "    exit_with_parent(ppid, poll_s=0.1)\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    p = mp.get_context('spawn').Process(target=child, args=(os.getpid(),))\n"
+        "    p.start()\n"
+        "    print(p.pid, flush=True)\n"
+        "    time.sleep(60)\n")
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
+    child = int(parent.stdout.readline())
+    time.sleep(1.0)  # the child imports and starts its watcher
+    os.kill(child, 0)  # alive while its parent is
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def ended() -> bool:  # gone, or a zombie its new parent has not reaped yet
+        try:
+            return "\tZ" in Path(f"/proc/{child}/status").read_text().split("State:")[1][:3]
+        except FileNotFoundError:
+            return True
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not ended():
+        time.sleep(0.1)
+    if not ended():
+        os.kill(child, signal.SIGKILL)
+        pytest.fail(f"worker {child} outlived its killed parent by 10 s")
