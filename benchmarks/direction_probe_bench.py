@@ -24,13 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 
 from moss_vla.paths import REPO_ROOT
 
@@ -169,14 +169,13 @@ def main() -> None:
     store = collect_store(args.work / f"movesense_lr_{args.episodes}.zarr", args.episodes, seed=500_000)
     n_train = args.episodes - args.test_episodes
     wall0 = time.perf_counter()
-    load0 = os.getloadavg()[0]
+    info = machine_info()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {v: pool.submit(probe, v, VARIANTS[v], str(store), n_train, args.test_episodes, args.steps,
                                   args.batch, args.eval_every, args.lr, args.min_motion_frames, args.seed)
                    for v in args.variants}
         results = {v: f.result() for v, f in futures.items()}
-    out = {"machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                       "python": platform.python_version(), "load_average_1min": [load0, os.getloadavg()[0]]},
+    out = {"machine": {**info, "load_average_1min_end": os.getloadavg()[0]},
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "wall_seconds": time.perf_counter() - wall0, "variants": results}
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -29,6 +27,7 @@ import cv2
 import numpy as np
 import torch
 import zarr
+from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 from torch.utils.data import DataLoader
 
 from moss_vla.episodes import EpisodeStore, EpisodeWriter
@@ -149,10 +148,7 @@ def main() -> None:
     q = args.quick
     tmp = Path(tempfile.mkdtemp(prefix="episodes_bench_"))
     results: dict = {
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
-                    "python": sys.version.split()[0], "torch": torch.__version__, "zarr": zarr.__version__,
-                    "numpy": np.__version__, "tmpdir": str(tmp),
-                    "load_average_at_start": list(os.getloadavg())},
+        "machine": machine_info(zarr=zarr.__version__, tmpdir=str(tmp)),
         "assumption_training_step": {**TRAIN_STEP, "windows_per_s_needed":
                                      TRAIN_STEP["batch_windows"] * TRAIN_STEP["steps_per_s"]},
     }

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 
 from robot.display_crop import DisplayCrop
 from robot.franka_arm import FrankaArm
@@ -33,13 +34,6 @@ OUT = Path(__file__).resolve().parent / "results" / "franky_tracking.json"
 FACTORS = (1.0, 0.5, 0.2)
 PEAK_SPEEDS = (0.15, 0.3, 0.6)  # rad/s of the streamed min-jerk motion (teleop snaps use 0.6)
 DELTA = np.array([0.3, 0.1, 0.0, 0.2, 0.0, -0.1, 0.2])
-
-
-def machine_info() -> dict:
-    import torch
-
-    return {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__, "loadavg_1min": os.getloadavg()[0]}
 
 
 def start_sim(log_path: Path) -> subprocess.Popen:

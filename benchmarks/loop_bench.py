@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -35,18 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 
 from moss_vla.paths import CONFIG_DIR, REPO_ROOT
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "loop.json"
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "numpy": np.__version__, "load_average_1min": os.getloadavg()[0]}
 
 
 class Collector:
@@ -137,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     from robot.record_cli import compose_config, record
     from robot.trial_cli import run_trials
 
-    info = machine()
+    info = machine_info()
     results: dict[str, Any] = {"machine": info, "minutes": args.minutes, "trial_minutes": trial_minutes,
                                "task": args.task, "model": args.model, "note": (
                                    "real time on a 2-core machine shared with other work: timing is noisy; "

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 from omegaconf import OmegaConf
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
@@ -357,12 +357,6 @@ def train_step_time(n_steps: int) -> dict:
     return res
 
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "python": sys.version.split()[0],
-            "load_average_at_start": os.getloadavg()}
-
-
 PARTS = ("base", "latency_small", "latency_small_fine", "latency_base", "train")
 
 
@@ -377,7 +371,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     rerun = set(args.parts) != set(PARTS) and args.out.exists()
     out = json.loads(args.out.read_text()) if rerun else {}
-    info = {**machine(), "parts_run": args.parts, "quick": args.quick}
+    info = {**machine_info(), "parts_run": args.parts, "quick": args.quick}
     if rerun:  # the earlier run's machine record stays with the sections it measured
         out.setdefault("reruns", []).append(info)
     else:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -26,24 +25,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 
 from tasks.sim_cli import collect, compose_config
 from tasks.sim_rig import build_sim_rig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sim_rig.json"
-
-
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "opencv": cv2.__version__,
-        "opencv_threads": cv2.getNumThreads(),
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "load_average_1min": os.getloadavg()[0],
-    }
 
 
 def reference_capture(cam, k: int, t: float) -> np.ndarray:
@@ -129,7 +116,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--episodes", type=int, default=3)
     args = ap.parse_args()
-    out = {"machine": machine_info(), "components": {}, "collection": {}}
+    out = {"machine": machine_info(opencv=cv2.__version__, opencv_threads=cv2.getNumThreads()), "components": {}, "collection": {}}
     for task in ("movesense_lr", "pongpredict"):
         out["components"][task] = comp = components(task, args.reps)
         print(f"[{task}] per frame, min / median ms:")

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 import torch
+from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 
 from moss_vla.moss import MOSS, count_parameters
 from moss_vla.stss import stss, stss_reference
@@ -47,18 +47,6 @@ CONFIGS = {  # name: (B, T, H, W, C)
     "siglip_l_16x16": (1, 8, 16, 16, 1024),
 }
 IMPLEMENTATIONS = {"fast": stss, "reference": stss_reference}
-
-
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "load_average_1_5_15min": os.getloadavg(),  # other work on the machine disturbs the timings
-    }
 
 
 def time_side_by_side(x: torch.Tensor, repeats: dict[str, int], threads: int) -> dict:
