@@ -121,8 +121,12 @@ def _run_job(job: PolicyJob) -> None:
 def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     """End this process within `poll_s` once `parent_pid` is gone (we were re-parented). A bench killed
     with SIGTERM or SIGKILL cannot shut its pool down, and its workers would otherwise go on training
-    and writing into the run directory; the run resumes from its last checkpoint."""
+    and writing into the run directory; the run resumes from its last checkpoint. One watcher per
+    process, however many jobs the pool gives it."""
     import threading
+
+    if any(t.name == "exit-with-parent" for t in threading.enumerate()):
+        return
 
     def watch() -> None:
         while os.getppid() == parent_pid:
