@@ -53,6 +53,8 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
             (work / f"{task}.collect.json").write_text(json.dumps(report, indent=1))
         table[task] = {}
         jobs = [_policy_job(cfg, task, store, pol) for pol in cfg.policies]
+        for job in jobs:
+            job.check_recipe()
         todo = [job for job in jobs if not job.done]
         if int(cfg.train_jobs) > 1 and len(todo) > 1:
             _run_parallel(todo, int(cfg.train_jobs))
@@ -87,6 +89,19 @@ class PolicyJob:
         return self.ckpt / f"eval_{self.task}" / "results.json"
 
     @property
+    def recipe(self) -> list[str]:
+        """The training overrides that decide what the checkpoint is (not where it or its data live)."""
+        return [t for t in self.train if not t.startswith(("data.paths=", "out_dir="))]
+
+    def check_recipe(self) -> None:
+        """Refuse to resume or reuse a run trained with other settings (e.g. other `train_overrides`
+        in the same `work_dir`), which would silently mix recipes in one table."""
+        path = self.run / "bench_recipe.json"
+        if path.exists() and (old := json.loads(path.read_text())) != self.recipe:
+            raise ValueError(f"{self.run} was trained with {old}, this bench asks for {self.recipe}: "
+                             f"give this bench its own work_dir, or delete {self.run}")
+
+    @property
     def done(self) -> bool:
         return self.result.exists()
 
@@ -110,6 +125,8 @@ def _run_job(job: PolicyJob) -> None:
 
     if not job.ckpt.exists():
         _stage(f"training {job.name} for {job.steps} steps -> {job.run}")
+        job.run.mkdir(parents=True, exist_ok=True)
+        (job.run / "bench_recipe.json").write_text(json.dumps(job.recipe))
         resume = job.run / "checkpoints" / "latest"
         extra = [f"resume={resume.resolve()}"] if resume.exists() else []
         train(compose_config([*job.train, *extra], "train"))

@@ -62,6 +62,17 @@ def test_bench_resumes_without_redoing_finished_stages(bench, capsys):
     assert ckpt.stat().st_mtime_ns == before
 
 
+def test_bench_refuses_a_work_dir_trained_with_other_settings(bench):
+    work, overrides = bench
+    other = [o if not o.startswith("train_overrides=") else "train_overrides=['log_every=1','ckpt_every=3',"
+             "'val_batches=1','policy.aux_label_weight=0.5']" for o in overrides]
+    with pytest.raises(ValueError, match=r"movesense_lr-groot was trained with .* this bench asks for .*"
+                                         r"aux_label_weight=0.5.* own work_dir"):
+        bench_main(other)
+    assert json.loads((work / "movesense_lr-groot" / "bench_recipe.json").read_text())[:2] == [
+        "policy=groot", "model=tiny"]
+
+
 def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, capsys):
     work, _ = bench
     ckpt = work / "movesense_lr-groot" / "checkpoints" / "step_0000003"
