@@ -66,7 +66,7 @@ class Targets:
 def decision_windows(ds: WindowDataset, state: np.ndarray, label: np.ndarray, targets: Targets,
                      rest_fraction: float) -> list[int]:
     """Items of `ds` whose newest frame has an interaction in progress and the arm at rest."""
-    frames = ds._frame
+    frames = ds.frames
     at_rest = targets.distance_from_rest(state[frames]) < rest_fraction * targets.reach
     return np.nonzero((label[frames] >= 0) & at_rest)[0].tolist()
 

@@ -42,6 +42,11 @@ def _raw(store_path, key):
     return EpisodeStore(store_path).read(key)
 
 
+def test_frames_name_each_items_newest_frame_without_reading_it(store_path):
+    ds = WindowDataset(store_path, episodes=[1, 2])
+    assert ds.frames.tolist() == [ds[k]["index"] for k in range(len(ds))]
+
+
 def test_windows_pad_at_episode_start_and_end(store_path):
     ds = WindowDataset(store_path, n_frames=8, horizon=16)
     assert len(ds) == sum(LENGTHS)

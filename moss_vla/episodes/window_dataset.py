@@ -167,6 +167,11 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self._frame)
 
+    @property
+    def frames(self) -> np.ndarray:
+        """(N,) store-wide index of each item's newest frame (item k's ``index``), without reading images."""
+        return self._frame
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_images"] = None  # each DataLoader worker opens its own handle
