@@ -240,6 +240,57 @@ def failures_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> 
     return "\n".join(out) + "\n"
 
 
+def wilson_interval(success: int, trials: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate (stays inside [0, 1] at 0 or all successes)."""
+    if trials == 0:
+        return 0.0, 1.0
+    p = success / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z / (1 + z * z / trials) * (p * (1 - p) / trials + z * z / (4 * trials * trials)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str], title: str) -> None:
+    """Success per task and policy as grouped bars with 95% Wilson intervals, the paper's table 5 as
+    black diamonds: with one run of ~100 trials each, the intervals say which gaps the trials can tell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(table)
+    width = 0.8 / len(policies)
+    fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(tasks), 4))
+    for j, pol in enumerate(policies):
+        xs, rates, lo, hi, paper_x, paper = [], [], [], [], [], []
+        for i, t in enumerate(tasks):
+            x = i + (j - (len(policies) - 1) / 2) * width
+            if t in PAPER_TABLE5.get(pol, {}):
+                paper_x.append(x)
+                paper.append(PAPER_TABLE5[pol][t])
+            if (r := table[t].get(pol)) is None:
+                continue
+            o = r["overall"]
+            a, b = wilson_interval(o["success"], o["trials"])
+            xs.append(x)
+            rates.append(100 * o["success_rate"])
+            lo.append(100 * (o["success_rate"] - a))
+            hi.append(100 * (b - o["success_rate"]))
+        bars = ax.bar(xs, rates, width * 0.95, yerr=[lo, hi], capsize=3, ecolor="0.4", color=f"C{j}", label=pol)
+        for bar, t in zip(bars, [t for t in tasks if table[t].get(pol) is not None], strict=True):
+            o = table[t][pol]["overall"]
+            ax.text(bar.get_x() + bar.get_width() / 2, 1, f"{o['success']}/{o['trials']}", ha="center", fontsize=7)
+        ax.plot(paper_x, paper, "kD", markersize=5, label="paper (table 5)" if j == 0 else None)
+    ax.set_xticks(range(len(tasks)), [TASK_TITLES.get(t, t) for t in tasks])
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("success (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
     out = Path(str(cfg.results))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -259,6 +310,8 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     out.with_suffix(".md").write_text(md)
+    plot_table(out.with_suffix(".png"), bench["table"], list(cfg.policies),
+               f"closed-loop success in the simulated rig ({cfg.preset}, {cfg.steps} steps)")
     return out
 
 
@@ -270,6 +323,6 @@ def bench_main(overrides: list[str], config_name: str = "bench") -> int:
     print(table_markdown(bench["table"], list(cfg.policies)))
     print("failed trials by reason:")
     print(failures_markdown(bench["table"], list(cfg.policies)))
-    print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}; per-run plots: "
+    print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}; per-run plots: "
           f"{cfg.work_dir}/<task>-<policy>/checkpoints/step_*/eval_<task>/results.png")
     return 0

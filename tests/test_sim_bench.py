@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.sim_bench import bench_main
+from tasks.sim_bench import bench_main, wilson_interval
 from tasks.sim_cli import compose_config, main
 from tasks.sim_eval import load_policy
 
@@ -39,6 +39,7 @@ def test_bench_runs_every_stage_and_writes_the_table(bench):
         assert row == f"| {pol} | " + " / ".join(str(r["failures"].get(k, 0))
                                                 for k in ("no_pointing", "wrong_target", "late")) + " |"
         assert sum(r["failures"].values()) == r["trials"] - r["success"]
+    assert (work / "table.png").stat().st_size > 0
     for pol in POLICIES:
         run = work / f"movesense_lr-{pol}"
         ckpt = run / "checkpoints" / "step_0000003"
@@ -50,6 +51,17 @@ def test_bench_runs_every_stage_and_writes_the_table(bench):
         assert set(report["per_type"]) == {"left", "right"}
         assert (ckpt / "eval_movesense_lr" / "results.png").stat().st_size > 0
         assert table["success_percent"]["movesense_lr"][pol] == 100 * report["overall"]["success_rate"]
+
+
+def test_wilson_interval():
+    z2 = 1.96**2
+    assert wilson_interval(0, 10) == pytest.approx((0.0, z2 / (10 + z2)))  # closed forms at the edges
+    assert wilson_interval(10, 10) == pytest.approx((10 / (10 + z2), 1.0))
+    for k, n in [(94, 96), (24, 96), (3, 30)]:
+        lo, hi = wilson_interval(k, n)
+        assert lo < k / n < hi
+        assert wilson_interval(n - k, n) == pytest.approx((1 - hi, 1 - lo))  # failures mirror successes
+    assert wilson_interval(48, 96)[1] - wilson_interval(48, 96)[0] > wilson_interval(480, 960)[1] - wilson_interval(480, 960)[0]
 
 
 def test_bench_resumes_without_redoing_finished_stages(bench, capsys):
