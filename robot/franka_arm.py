@@ -5,7 +5,7 @@ current motion state when the next one arrives, so the arm moves smoothly throug
 Facts about franky that shape this file (DESIGN.md section 5):
   - `Robot(ip, realtime_config=RealtimeConfig.Ignore)` on a kernel without PREEMPT_RT;
   - the relative dynamics factor is set on the robot (`robot.relative_dynamics_factor = f`), never
-    as a `move()` keyword;
+    as a `move()` keyword; a motion's own factor multiplies the robot's (so motions get 1 or a ratio);
   - targets must be float64 arrays, and motions are single-use (a new JointMotion per target);
   - `poll_motion()` returns the opposite of its docstring: use `robot.is_in_control`;
   - after a reflex the robot refuses motions until `recover_from_errors()`.
@@ -213,7 +213,8 @@ class FrankaArm:
     def move_to(self, q_goal: np.ndarray, relative_dynamics_factor: float | None = None,
                 timeout: float = 30.0) -> None:
         """Blocking point-to-point motion (e.g. to home before a trial). The goal passes the joint-limit
-        and workspace checks; the step limit does not apply (franky plans a smooth trajectory)."""
+        and workspace checks; the step limit does not apply (franky plans a smooth trajectory).
+        ``relative_dynamics_factor``: this motion's speed, at most the arm's configured factor (None: that)."""
         q = np.asarray(q_goal, dtype=np.float64)
         violations = []
         lim = self.safety.limits
@@ -229,8 +230,8 @@ class FrankaArm:
         if self.dry_run:
             log.info("dry run: would move to %s", np.round(q, 4).tolist())
             return
-        factor = self.relative_dynamics_factor if relative_dynamics_factor is None else relative_dynamics_factor
-        motion = self._franky.JointMotion(q, relative_dynamics_factor=float(factor))
+        # franky multiplies a motion's factor with the robot's (set in __init__): give the motion the ratio
+        motion = self._franky.JointMotion(q, relative_dynamics_factor=self._motion_factor(relative_dynamics_factor))
         try:
             self.robot.move(motion, asynchronous=True)
             finished = self.robot.join_motion(timeout=timeout)
@@ -240,6 +241,17 @@ class FrankaArm:
             raise ArmError(f"move_to failed: {e}", kind=_kind_of(e)) from e
         if not finished:
             raise ArmError(f"move_to did not finish within {timeout} s", kind="timeout")
+
+    def _motion_factor(self, effective: float | None) -> float:
+        """The factor to give a motion so that it runs at ``effective`` (None: the arm's configured
+        factor, which is also the cap: a motion may be slower than configured, never faster)."""
+        if effective is None:
+            return 1.0
+        if not 0 < effective <= self.relative_dynamics_factor:
+            raise ArmError(f"move_to: relative_dynamics_factor must be in (0, {self.relative_dynamics_factor}] "
+                           f"(arm.relative_dynamics_factor caps every motion), got {effective}",
+                           kind="setup", recoverable=True)
+        return float(effective) / self.relative_dynamics_factor
 
     def _command_gripper(self, width: float) -> None:
         """Send a gripper width unless one is in flight (then the newest width is sent afterwards)."""

@@ -209,6 +209,18 @@ def test_move_to_checks_the_goal_but_not_the_step(franky):
         arm.move_to(behind)
 
 
+def test_move_to_runs_at_the_configured_dynamics_factor(franky):
+    # franky multiplies a motion's factor with the robot's: the product is the speed the arm moves at
+    arm = FrankaArm("10.0.0.2", relative_dynamics_factor=0.2)
+    far = Q_READY + np.array([0.5, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0])
+    for asked, effective in [(None, 0.2), (0.1, 0.1), (0.2, 0.2)]:
+        arm.move_to(far, relative_dynamics_factor=asked)
+        motion, _ = arm.robot.moves[-1]
+        assert arm.robot.relative_dynamics_factor * motion.factor == pytest.approx(effective)
+    with pytest.raises(ArmError, match=r"must be in \(0, 0.2\].*got 0.5"):
+        arm.move_to(far, relative_dynamics_factor=0.5)  # never faster than configured
+
+
 def test_from_config(franky):
     cfg = OmegaConf.load(CONFIG_DIR / "arm" / "franka.yaml")
     arm = FrankaArm.from_config(cfg, ip="127.0.0.1")
