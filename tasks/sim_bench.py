@@ -51,10 +51,12 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
             print(f"scripted operator success {100 * report['operator_success_rate']:.1f}% "
                   f"({report['interactions']} interactions, {report['wall_seconds']:.0f} s)")
             (work / f"{task}.collect.json").write_text(json.dumps(report, indent=1))
+        check_collection(work / f"{task}.collect.json", int(cfg.episodes), int(cfg.collect_seed))
         table[task] = {}
         jobs = [_policy_job(cfg, task, store, pol) for pol in cfg.policies]
         for job in jobs:
             job.check_recipe()
+            job.check_result()
         todo = [job for job in jobs if not job.done]
         if int(cfg.train_jobs) > 1 and len(todo) > 1:
             _run_parallel(todo, int(cfg.train_jobs))
@@ -62,6 +64,16 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
             _run_job(job)
             table[task][job.policy] = json.loads(job.result.read_text())
     return {"table": table, "wall_seconds": time.perf_counter() - t0}
+
+
+def check_collection(report_path: Path, episodes: int, collect_seed: int) -> None:
+    """Refuse a store collected with other settings than this bench asks for (it would be reused)."""
+    report = json.loads(report_path.read_text())
+    found = (report["episodes"], report["seeds"][0])
+    if found != (episodes, collect_seed):
+        raise ValueError(f"{report_path}: the store was collected with episodes={found[0]}, collect_seed={found[1]}; "
+                         f"this bench asks for episodes={episodes}, collect_seed={collect_seed}: give this bench "
+                         f"its own work_dir, or delete {report_path} and its store")
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,17 @@ class PolicyJob:
         if path.exists() and (old := json.loads(path.read_text())) != self.recipe:
             raise ValueError(f"{self.run} was trained with {old}, this bench asks for {self.recipe}: "
                              f"give this bench its own work_dir, or delete {self.run}")
+
+    def check_result(self) -> None:
+        """Refuse to reuse an evaluation made with other trials or evaluation seeds."""
+        if not self.done:
+            return
+        report = json.loads(self.result.read_text())
+        found = (report["trials"], report["eval_seeds"][0])
+        if found != (self.trials, self.eval_seed):
+            raise ValueError(f"{self.result} was evaluated with trials={found[0]}, eval_seed={found[1]}; this bench "
+                             f"asks for trials={self.trials}, eval_seed={self.eval_seed}: give this bench its own "
+                             f"work_dir, or delete {self.result.parent}")
 
     @property
     def done(self) -> bool:

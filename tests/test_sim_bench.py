@@ -83,6 +83,13 @@ def test_bench_refuses_a_work_dir_trained_with_other_settings(bench):
         bench_main(other)
     assert json.loads((work / "movesense_lr-groot" / "bench_recipe.json").read_text())[:2] == [
         "policy=groot", "model=tiny"]
+    # a store collected, or an evaluation made, with other settings is refused too, never silently reused
+    with pytest.raises(ValueError, match=r"movesense_lr.collect.json: the store was collected with episodes=2, "
+                                         r"collect_seed=0; this bench asks for episodes=3"):
+        bench_main([*overrides, "episodes=3"])
+    with pytest.raises(ValueError, match=r"results.json was evaluated with trials=2, eval_seed=1000000; this bench "
+                                         r"asks for trials=4"):
+        bench_main([o if not o.startswith("trials=") else "trials={movesense_lr: 4}" for o in overrides])
 
 
 def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, capsys):
