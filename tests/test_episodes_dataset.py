@@ -4,6 +4,7 @@ episode, normalisation statistics saved once, augmentation, DataLoader workers, 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -146,6 +147,12 @@ def test_stats_computed_once_and_saved(store_path, tmp_path, monkeypatch):
     monkeypatch.undo()
     other = norm.load_or_compute_stats(store, [1], path)  # other episodes: recomputed
     assert other != stats and json.loads(path.read_text())["source"]["episodes"] == [1]
+    # another store with the same layout (here: a copy) does not reuse them either
+    shutil.copytree(store_path, tmp_path / "copy.zarr")
+    calls = []
+    monkeypatch.setattr(norm, "compute_stats", lambda *a: calls.append(a) or stats)
+    norm.load_or_compute_stats(EpisodeStore(tmp_path / "copy.zarr"), [1], path)
+    assert len(calls) == 1 and json.loads(path.read_text())["source"]["store"].endswith("copy.zarr")
 
 
 def test_augmentation_same_for_all_frames():

@@ -37,9 +37,12 @@ def compute_stats(store: EpisodeStore, episodes: Sequence[int] | None = None) ->
 
 
 def _fingerprint(store: EpisodeStore, episodes: Sequence[int]) -> str:
-    """Identifies the frames the statistics cover: the episodes chosen and where they end."""
+    """Identifies the frames the statistics cover: which store, the episodes chosen and where they end
+    (the store matters: two stores of equal layout, or one ``stats_path`` shared by several, must not
+    share statistics)."""
     ends = [int(store.episode_ends[i]) for i in episodes]
-    return hashlib.sha1(json.dumps([list(map(int, episodes)), ends]).encode()).hexdigest()
+    key = [str(Path(store.path).resolve()), list(map(int, episodes)), ends]
+    return hashlib.sha1(json.dumps(key).encode()).hexdigest()
 
 
 def save_stats(path: str | os.PathLike, stats: dict[str, Any], source: dict[str, Any] | None = None) -> None:
