@@ -28,7 +28,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
 from moss_vla.paths import CONFIG_DIR
@@ -126,6 +126,44 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _rng_states_of_all_ranks(world: int) -> list[dict[str, Any]]:
+    """Every rank's RNG state, in rank order (a collective: all ranks call it at a checkpoint step).
+    Ranks start from seed + rank, so a resume must give each its own stream back."""
+    if world == 1:
+        return [_rng_state()]
+    states: list[Any] = [None] * world
+    torch.distributed.all_gather_object(states, _rng_state())
+    return states
+
+
+RESUME_KEYS = ("policy", "model", "dataset", "data.paths", "optim", "steps", "batch_size", "seed")
+
+
+def _flatten(node: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(node, dict):
+        return {k: v for key, sub in node.items() for k, v in _flatten(sub, f"{prefix}.{key}").items()}
+    return {prefix: node}
+
+
+def check_resume_config(saved: dict[str, Any], cfg: DictConfig, resume: Path) -> None:
+    """A run continues exactly only with the settings it was trained with: name every one that differs
+    (e.g. a resume that forgot `policy=` or `optim.lr=` would otherwise train something else)."""
+    diffs = []
+    for key in RESUME_KEYS:
+        now = OmegaConf.select(cfg, key)
+        now = OmegaConf.to_container(now, resolve=True) if OmegaConf.is_config(now) else now
+        was = saved
+        for part in key.split("."):
+            was = was.get(part) if isinstance(was, dict) else None
+        a, b = _flatten(was, key), _flatten(now, key)
+        diffs += [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(a.keys() | b.keys())
+                  if a.get(k) != b.get(k)]
+    if diffs:
+        raise ValueError(f"resume={resume}: this run's settings differ from the checkpoint's, so it would not "
+                         f"continue the run exactly: {'; '.join(diffs)}. Pass the run's own overrides again "
+                         f"(its settings are in {resume.parent.parent / 'config.yaml'})")
+
+
 def data_provenance(paths: Any) -> dict[str, Any]:
     """Which stores (and which task seeds) a run trained on: lets `moss-sim eval` keep its trials apart."""
     from moss_vla.episodes import EpisodeStore
@@ -140,7 +178,8 @@ def data_provenance(paths: Any) -> dict[str, Any]:
     return {"stores": stores}
 
 
-def save_checkpoint(run_dir: Path, step: int, policy, optimizer, scheduler, cfg: DictConfig) -> Path:
+def save_checkpoint(run_dir: Path, step: int, policy, optimizer, scheduler, cfg: DictConfig,
+                    rng: list[dict[str, Any]]) -> Path:
     """`checkpoints/step_XXXXXXX/`: the policy's save_pretrained files + the training state. Written to a
     temporary directory and renamed, so a crash never leaves a half-written checkpoint behind."""
     ckpt_root = run_dir / "checkpoints"
@@ -150,7 +189,7 @@ def save_checkpoint(run_dir: Path, step: int, policy, optimizer, scheduler, cfg:
     policy.save_pretrained(tmp)
     torch.save(
         {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-         "rng": _rng_state(), "config": OmegaConf.to_container(cfg, resolve=True)},
+         "rng": rng, "config": OmegaConf.to_container(cfg, resolve=True)},
         tmp / TRAIN_STATE,
     )
     shutil.copy(run_dir / "training_data.json", tmp / "training_data.json")
@@ -162,27 +201,38 @@ def save_checkpoint(run_dir: Path, step: int, policy, optimizer, scheduler, cfg:
     return final
 
 
+def validation_subset(val_ds: Dataset, n: int) -> Dataset:
+    """``n`` windows spread evenly over all validation episodes (the first ``n`` would cover only the
+    start of the first one); the same windows at every evaluation."""
+    total = len(val_ds)  # type: ignore[arg-type]
+    if total <= n:
+        return val_ds
+    return Subset(val_ds, np.unique(np.linspace(0, total - 1, n).round().astype(int)).tolist())
+
+
 @torch.no_grad()
-def evaluate(policy, loader: DataLoader, device: torch.device, max_batches: int) -> dict[str, float]:
+def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dict[str, float]:
     """Validation flow-matching loss and open-loop action error (predicted chunk vs recorded actions,
-    mean absolute error over the unpadded steps, in the units of the actions: rad for joints)."""
+    mean absolute error over the unpadded steps, in the units of the actions: rad for joints). The noise
+    comes from ``seed``, the same at every evaluation, so the numbers move only with the weights, and the
+    training RNG streams are left as they were (validation does not change the training run)."""
     was_training = policy.training
     policy.eval()
     losses, errs, first_errs, aux = [], [], [], []
-    for b, batch in enumerate(loader):
-        if b >= max_batches:
-            break
-        batch = _to_device(batch, device)
-        loss, stats = policy(batch)
-        losses.append(stats.get("action_loss", float(loss)))  # the flow-matching loss, comparable across runs
-        if "aux_label_loss" in stats:
-            aux.append((stats["aux_label_loss"], stats["aux_label_acc"]))
-        pred = policy.predict_action_chunk(batch)  # (B, H, A), unnormalised
-        target = batch["action"]
-        valid = ~batch["action_is_pad"]  # (B, H)
-        err = (pred - target).abs().mean(-1)  # (B, H)
-        errs.append(float(err[valid].mean()))
-        first_errs.append(float(err[:, 0].mean()))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for batch in loader:
+            batch = _to_device(batch, device)
+            loss, stats = policy(batch)
+            losses.append(stats.get("action_loss", float(loss)))  # the flow-matching loss, comparable across runs
+            if "aux_label_loss" in stats:
+                aux.append((stats["aux_label_loss"], stats["aux_label_acc"]))
+            pred = policy.predict_action_chunk(batch, seed=seed)  # (B, H, A), unnormalised
+            target = batch["action"]
+            valid = ~batch["action_is_pad"]  # (B, H)
+            err = (pred - target).abs().mean(-1)  # (B, H)
+            errs.append(float(err[valid].mean()))
+            first_errs.append(float(err[:, 0].mean()))
     policy.train(was_training)
     if not losses:
         return {}
@@ -221,14 +271,14 @@ def plot_loss_curve(csv_path: Path, out_png: Path) -> None:
 class MetricsLog:
     """One CSV row per logged step (columns grow as new metrics appear) + TensorBoard scalars."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, start: int = 0):
         self.enabled = enabled
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
         self.tb = None
         if enabled:
-            if self.path.exists():  # resuming: keep the history
-                self.rows = list(csv.DictReader(self.path.open()))
+            if self.path.exists():  # resuming: keep the history up to the checkpoint (later rows are redone)
+                self.rows = [r for r in csv.DictReader(self.path.open()) if int(r["step"]) <= start]
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
@@ -280,8 +330,16 @@ def train(cfg: DictConfig) -> TrainResult:
                 f"resume={cfg.resume}: no {TRAIN_STATE} there; pass a checkpoint directory such as "
                 f"<run>/checkpoints/step_0001000 (or <run>/checkpoints/latest)"
             )
-        policy = MossVLAPolicy.from_pretrained(resume)
         state = torch.load(resume / TRAIN_STATE, weights_only=False)
+        if cfg.policy.get("aux_label_classes") is None:  # sized from the data when the run started
+            cfg.policy.aux_label_classes = state["config"]["policy"].get("aux_label_classes")
+        check_resume_config(state["config"], cfg, resume)
+        if isinstance(state["rng"], dict):  # written before checkpoints kept every rank's state
+            state["rng"] = [state["rng"]]
+        if len(state["rng"]) != world:
+            raise ValueError(f"resume={resume}: the run was trained by {len(state['rng'])} process(es), this one "
+                             f"has {world}; resume with the same torchrun --nproc_per_node")
+        policy = MossVLAPolicy.from_pretrained(resume)
         start = int(state["step"])
     else:
         if cfg.policy.get("aux_label_weight", 0) > 0 and not cfg.policy.get("aux_label_classes"):
@@ -303,7 +361,7 @@ def train(cfg: DictConfig) -> TrainResult:
     if cfg.resume:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"][rank])
 
     model = policy
     if world > 1:
@@ -317,8 +375,7 @@ def train(cfg: DictConfig) -> TrainResult:
     loader = DataLoader(SeededItems(train_ds), batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=cfg.data.num_workers > 0,
                         generator=torch.Generator().manual_seed(cfg.seed))
-    val_loader = (DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=0,
-                             generator=torch.Generator().manual_seed(cfg.seed))
+    val_loader = (DataLoader(validation_subset(val_ds, cfg.val_batches * cfg.batch_size), batch_size=cfg.batch_size)
                   if val_ds is not None and len(val_ds) > 0 else None)
 
     if is_main:
@@ -330,7 +387,7 @@ def train(cfg: DictConfig) -> TrainResult:
         print(f"[moss-train] {len(train_ds)} training windows, {len(val_ds) if val_ds else 0} validation windows; "
               f"policy {cfg.policy.name}/{cfg.model.name} {n_params / 1e6:.2f} M parameters; "
               f"device {device}, world size {world}; run dir {run_dir}", flush=True)
-    metrics = MetricsLog(run_dir, is_main)
+    metrics = MetricsLog(run_dir, is_main, start)
     use_amp = bool(cfg.amp) and device.type == "cuda"
 
     step = start
@@ -362,11 +419,13 @@ def train(cfg: DictConfig) -> TrainResult:
                 bar.set_postfix(loss=f"{loss_v:.4f}", sps=f"{n_last / dt:.1f}")
                 t_last, n_last = time.perf_counter(), 0
                 if val_loader is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                    row.update(evaluate(policy, val_loader, device, cfg.val_batches))
+                    row.update(evaluate(policy, val_loader, device, cfg.seed))
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
                 metrics.log(step, row)
-            if is_main and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                final = save_checkpoint(run_dir, step, policy, optimizer, scheduler, cfg)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                rng = _rng_states_of_all_ranks(world)  # every rank takes part
+                if is_main:
+                    final = save_checkpoint(run_dir, step, policy, optimizer, scheduler, cfg, rng)
     finally:
         bar.close()
         metrics.close()

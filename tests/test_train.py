@@ -21,7 +21,7 @@ from moss_vla.episodes import EpisodeWriter
 from moss_vla.episodes.synthetic import make_synthetic_store
 from moss_vla.paths import CONFIG_DIR
 from moss_vla.policy import make_policy
-from moss_vla.train import train
+from moss_vla.train import train, validation_subset
 from moss_vla.training_data import build_datasets, label_classes
 
 TINY = ["policy=moss", "model=tiny", "model.input_image_size=32", "dataset.augment.enabled=true",
@@ -109,6 +109,33 @@ def test_resume_continues_exactly(store, tmp_path):
     # and the resumed run really started at 6, not from scratch
     rows = list(csv.DictReader((tmp_path / "resumed" / "metrics.csv").open()))
     assert [int(r["step"]) for r in rows] == [10, 12]
+    # resumed in its own run directory, whose metrics.csv has the rows the first run logged after step 6:
+    # those are dropped (here log_every changes, so row 10 would otherwise stay as a stale row)
+    train(cfg_for(store, half, "steps=12", "ckpt_every=6", "log_every=4",
+                  f"resume={half / 'checkpoints' / 'step_0000006'}"))
+    assert [int(r["step"]) for r in csv.DictReader((half / "metrics.csv").open())] == [5, 8, 12]
+    # a resume with other settings would not continue the run: refused, naming what differs
+    with pytest.raises(ValueError, match=r"policy.n_frames: checkpoint 8, now 2; optim.lr: checkpoint 0.001, "
+                                         r"now 0.002.*config.yaml"):
+        train(cfg_for(store, tmp_path / "other", "steps=12", "optim.lr=2e-3", "policy.n_frames=2",
+                      f"resume={half / 'checkpoints' / 'step_0000006'}"))
+
+
+def test_validation_does_not_change_the_training_run(store, tmp_path):
+    """Validation draws its noise from its own seeded stream: with or without it, the same weights."""
+    quiet = train(cfg_for(store, tmp_path / "quiet", "steps=6", "log_every=1"))
+    validated = train(cfg_for(store, tmp_path / "validated", "steps=6", "log_every=1", "val_every=2"))
+    a, b = weights(quiet.checkpoint), weights(validated.checkpoint)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"parameter {k} differs")
+    rows = [r for r in csv.DictReader((tmp_path / "validated" / "metrics.csv").open()) if r.get("val_loss")]
+    assert len(rows) == 3 and all(float(r["val_action_mae"]) > 0 for r in rows)
+
+
+def test_validation_windows_spread_over_all_held_out_episodes():
+    assert validation_subset(list(range(5)), 8) == list(range(5))  # fewer than asked: all of them
+    sub = validation_subset(list(range(100)), 5)
+    assert [sub[i] for i in range(len(sub))] == [0, 25, 50, 74, 99]
 
 
 def test_aux_label_loss_trains_a_label_head_sized_from_the_store(store, tmp_path):
@@ -153,7 +180,7 @@ def test_ddp_under_torchrun_keeps_ranks_in_sync(store, tmp_path):
         import os, torch
         from hydra import compose, initialize_config_dir
         from moss_vla.paths import CONFIG_DIR
-        from moss_vla.train import train
+        from moss_vla.train import train, validation_subset
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", ["data.paths=[{store}]", "out_dir={tmp_path / 'run'}", "steps=4",
                                     "ckpt_every=4", *{TINY!r}])
@@ -172,4 +199,7 @@ def test_ddp_under_torchrun_keeps_ranks_in_sync(store, tmp_path):
     for k in r0:
         torch.testing.assert_close(r0[k], r1[k], msg=f"DDP ranks disagree on {k}")
     assert (tmp_path / "run" / "checkpoints" / "step_0000004").is_dir()
+    # each rank's RNG state is kept (ranks draw different noise), so that a resume gives each its own back
+    rng = torch.load(tmp_path / "run" / "checkpoints" / "step_0000004" / "training_state.pt", weights_only=False)["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
     assert "world size 2" in out.stdout
