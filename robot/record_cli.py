@@ -12,7 +12,7 @@ that do not run to their end are discarded, and the reason is kept in the sessio
 (the display window's quit key, or the keyboard teleop's quit key) or Ctrl-C stops everything: the arm
 is stopped, the episode in progress is discarded (or committed, with `on_interrupt=commit`), the writer
 is closed and the store is consistent. Exit code 0 when all episodes were recorded, 130 after a stop key
-or Ctrl-C, 1 when episodes failed.
+or Ctrl-C, 1 when episodes failed or the session stopped otherwise (the display process died).
 """
 
 from __future__ import annotations
@@ -110,16 +110,16 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from robot.session import exit_code
+
     cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "record", __doc__)
     if cfg is None:
         return 0
     report = record(cfg)
     print(f"store {report['out']}: {report['episodes_committed']} episode(s) committed, check "
           f"{report['store_check']}; session report {report['report']}")
-    if report["stopped"] is not None:
-        return 130
     ok = report["store_check"] == "ok" and all(e["end_reason"] == "episode_done" for e in report["episodes"])
-    return 0 if ok else 1
+    return exit_code(report["stopped"], ok)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,14 @@ EPISODE_DONE = "episode_done"
 USER_STOPS = ("interrupted", "stop_key")  # the operator ended the session: unfinished trials are not counted
 
 
+def exit_code(stopped: str | None, ok: bool = True) -> int:
+    """A session CLI's exit code: 130 after a user stop (`USER_STOPS`: stop key, Ctrl-C), 1 after any other
+    stop of the session (e.g. the display process died) or when not `ok`, else 0."""
+    if stopped in USER_STOPS:
+        return 130
+    return 1 if stopped is not None or not ok else 0
+
+
 @dataclass
 class LiveEpisode:
     """What one real-time episode produced."""

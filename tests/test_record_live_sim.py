@@ -74,3 +74,23 @@ def test_stop_key_on_the_display_stops_everything_and_keeps_the_store_consistent
     store = EpisodeStore(out)
     assert store.n_episodes == 0 and check_store(out).ok
     assert rigs[0].display.proc.poll() is not None  # the display process is gone
+
+
+def test_a_crashed_display_exits_1_not_the_user_stop_code_130(tmp_path, monkeypatch):
+    from robot import session
+
+    real = session.run_live_episode
+
+    def crash_display(rig, *args, **kwargs):
+        def kill(info):
+            if info.index == 5:  # the display process dies mid-episode (SIGKILL: exit code -9)
+                rig.display.proc.kill()
+
+        return real(rig, *args, on_step=kill, **kwargs)
+
+    monkeypatch.setattr(session, "run_live_episode", crash_display)
+    code = main(["camera=sim", "arm=sim", "teleop=scripted", f"out={tmp_path / 'rec.zarr'}", "episodes=2",
+                 f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    report = json.loads(max(tmp_path.glob("record_*.json")).read_text())
+    assert report["stopped"] == "display_lost" and len(report["episodes"]) == 1
+    assert code == 1  # 130 is for the operator's stop key / Ctrl-C only

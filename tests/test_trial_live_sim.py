@@ -85,3 +85,13 @@ def test_policy_exception_and_non_finite_action_end_the_trial_with_the_reason(tm
     assert report["overall"]["failures"] == {"stopped:controller": 1, "stopped:safety": 1}
     for e in report["episode_log"]:
         assert e["loop"]["n_steps"] == 5  # the arm was stopped at the faulty step, nothing was sent
+
+
+def test_exit_code_is_130_only_for_a_user_stop(monkeypatch):
+    from robot import trial_cli
+    from tasks.sim_eval import summarize
+
+    for stopped, code in ((None, 0), ("stop_key", 130), ("interrupted", 130), ("display_lost", 1)):
+        report = {"task": "movesense_lr", "trials": 0, "stopped": stopped, "eval_dir": "/tmp/x", **summarize([], [])}
+        monkeypatch.setattr(trial_cli, "run_trials", lambda cfg, r=report: r)
+        assert trial_cli.main(["checkpoint=/nonexistent"]) == code, stopped
