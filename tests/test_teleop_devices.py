@@ -231,6 +231,22 @@ def test_gamepad_config_errors_and_deadzone():
             Gamepad(["a"])
 
 
+def test_devices_start_only_the_pygame_parts_they_use():
+    """Not the audio mixer: as root SDL runs its audio thread at nice -20, and in the control process it
+    starved the 10 Hz loop on a loaded machine (steps of 0.5-3.5 s, camera stalls)."""
+    pygame.quit()
+    Keyboard(["a"], window=False)
+    assert pygame.display.get_init() and not pygame.mixer.get_init()
+    pygame.quit()
+    pygame.joystick.init()
+    if pygame.joystick.get_count() == 0:  # no pad here: the constructor fails after initialising pygame
+        with pytest.raises(RuntimeError, match="not found"):
+            Gamepad(["a"])
+    else:
+        Gamepad(["a"]).close()
+    assert pygame.display.get_init() and not pygame.mixer.get_init()
+
+
 # --- in the one control loop -----------------------------------------------------------------------------------
 def test_teleop_policy_runs_in_the_control_loop_with_the_sim_arm():
     from robot.clock import SimClock
