@@ -44,7 +44,7 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
     from moss_vla.episodes import EpisodeWriter
     from moss_vla.episodes.check import check_store
     from robot.rig_builder import build_live_rig
-    from robot.session import make_operator, run_live_episode
+    from robot.session import make_scripted_operator, make_teleop_operator, run_live_episode
     from robot.stop_conditions import StopFlag
 
     out = Path(str(cfg.out))
@@ -58,14 +58,19 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
     wall0 = time.perf_counter()
     with stop.sigint_sets():
         rig = build_live_rig(cfg, seed0)
+        teleop = None
         try:
+            # one teleop device (window, joystick) for the session, reset per episode by run_live_episode;
+            # the scripted operator is seeded per episode
+            if str(cfg.teleop.type) != "scripted":
+                teleop = make_teleop_operator(cfg, rig)
             with EpisodeWriter(out, store_meta=rig.store_meta(), queue_size=int(cfg.rig.writer.queue_size)) as writer:
                 n_before = writer.n_episodes
                 for i in range(n):
                     if stop.is_set or (cfg.get("max_minutes") and time.perf_counter() - wall0 > 60 * cfg.max_minutes):
                         break
                     seed = seed0 + i
-                    controller = make_operator(cfg, rig, seed)
+                    controller = teleop if teleop is not None else make_scripted_operator(cfg, rig, seed)
                     ep = run_live_episode(rig, controller, seed, stop, writer=writer, operator=str(cfg.teleop.type),
                                           progress=bool(cfg.progress), on_interrupt=str(cfg.on_interrupt))
                     if on_episode is not None:
@@ -85,7 +90,11 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
                         rig.recover_arm()
                 n_committed = writer.n_episodes - n_before
         finally:
-            rig.close()
+            try:
+                if teleop is not None:
+                    teleop.device.close()
+            finally:
+                rig.close()
     check = check_store(out, images=False)
     report = {
         "out": str(out.resolve()),

@@ -100,29 +100,37 @@ class LiveStatus:
         self.bar.close()
 
 
-def make_operator(cfg: DictConfig, rig: LiveRig, seed: int) -> Any:
-    """The controller of a recording, from the `teleop` group: the scripted operator (reads the display's
-    stimulus ground truth), or a keyboard / gamepad teleoperator snapping to the task's targets."""
-    tc = cfg.teleop
-    if str(tc.type) == "scripted":
-        from tasks.scripted_operator import ScriptedOperator
+def make_scripted_operator(cfg: DictConfig, rig: LiveRig, seed: int) -> Any:
+    """The scripted operator of episode `seed` (`teleop=scripted`: reads the display's stimulus ground truth;
+    seeded per episode, so built per episode)."""
+    from tasks.scripted_operator import ScriptedOperator
 
-        return ScriptedOperator(
-            rig.targets, rig.label_to_target, seed=seed, reaction_time=tuple(tc.reaction_time),
-            move_time=tuple(tc.move_time), min_move_time=tc.min_move_time, hold_time=tuple(tc.hold_time),
-            return_time=tuple(tc.return_time), joint_noise=tc.joint_noise,
-            finish_margin=float(cfg.rig.scoring.dwell) + float(tc.deadline_margin), gripper_width=tc.gripper_width,
-            # in real time the stimulus time between two frames varies (display refresh, capture jitter), so
-            # the peak speed keeps a margin below the arm's step limit
-            max_joint_speed=float(tc.max_joint_speed) * float(cfg.get("scripted_speed_factor", 1.0)))
+    tc = cfg.teleop
+    return ScriptedOperator(
+        rig.targets, rig.label_to_target, seed=seed, reaction_time=tuple(tc.reaction_time),
+        move_time=tuple(tc.move_time), min_move_time=tc.min_move_time, hold_time=tuple(tc.hold_time),
+        return_time=tuple(tc.return_time), joint_noise=tc.joint_noise,
+        finish_margin=float(cfg.rig.scoring.dwell) + float(tc.deadline_margin), gripper_width=tc.gripper_width,
+        # in real time the stimulus time between two frames varies (display refresh, capture jitter), so
+        # the peak speed keeps a margin below the arm's step limit
+        max_joint_speed=float(tc.max_joint_speed) * float(cfg.get("scripted_speed_factor", 1.0)))
+
+
+def make_teleop_operator(cfg: DictConfig, rig: LiveRig) -> Any:
+    """The keyboard / gamepad teleoperator of a recording session, snapping to the task's targets. It holds
+    a device (a pygame window, a joystick): build one per session and close its `.device` at the end."""
     from robot.teleop import make_teleop
 
     # snap keys/buttons in label order (left bowl, right bowl / red, green, blue cups), then home
     order = [rig.label_to_target[i] for i in sorted(rig.label_to_target)]
     order += [n for n in rig.targets.names if n not in order]
-    checker = getattr(rig.arm, "safety", None)
-    is_safe = (lambda q: not checker.workspace_violations(q)) if checker is not None else None
-    return make_teleop(plain(tc), {n: rig.targets[n].q for n in rig.targets.names}, snap_order=order,
+
+    def is_safe(q: np.ndarray) -> bool:
+        # the rig's arm of the moment (arm=sim is rebuilt at every homing)
+        checker = getattr(rig.arm, "safety", None)
+        return checker is None or not checker.workspace_violations(q)
+
+    return make_teleop(plain(cfg.teleop), {n: rig.targets[n].q for n in rig.targets.names}, snap_order=order,
                        is_safe=is_safe)
 
 

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from moss_vla.episodes import EpisodeStore
 from moss_vla.episodes.check import check_store
@@ -94,3 +95,56 @@ def test_a_crashed_display_exits_1_not_the_user_stop_code_130(tmp_path, monkeypa
     report = json.loads(max(tmp_path.glob("record_*.json")).read_text())
     assert report["stopped"] == "display_lost" and len(report["episodes"]) == 1
     assert code == 1  # 130 is for the operator's stop key / Ctrl-C only
+
+
+def counting_keyboards(monkeypatch) -> list:
+    """Every keyboard teleop device the session makes (pygame's dummy video driver: no real window)."""
+    from robot.teleop import keyboard
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+    made = []
+
+    class Counting(keyboard.Keyboard):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.n_closed = 0
+            made.append(self)
+
+        def close(self):
+            self.n_closed += 1
+            super().close()
+
+    monkeypatch.setattr(keyboard, "Keyboard", Counting)
+    return made
+
+
+def test_one_teleop_device_per_session_closed_at_the_end(tmp_path, monkeypatch):
+    made = counting_keyboards(monkeypatch)
+    # nobody touches the keys: the arm holds home, the episodes run to their end
+    cfg = compose_config(["teleop=keyboard", f"out={tmp_path / 'rec.zarr'}", "episodes=2", f"log_dir={tmp_path}",
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    report = record(cfg)
+    assert [e["end_reason"] for e in report["episodes"]] == ["episode_done", "episode_done"]
+    assert len(made) == 1 and made[0].n_closed == 1
+
+
+def test_the_teleop_device_is_closed_when_an_episode_raises(tmp_path, monkeypatch):
+    from robot import session
+
+    made = counting_keyboards(monkeypatch)
+    real, calls = session.run_live_episode, []
+
+    def second_one_raises(*args, **kwargs):
+        calls.append(args[1])  # the controller
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session, "run_live_episode", second_one_raises)
+    cfg = compose_config(["teleop=keyboard", f"out={tmp_path / 'rec.zarr'}", "episodes=3", f"log_dir={tmp_path}",
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    with pytest.raises(RuntimeError, match="boom"):
+        record(cfg)
+    assert calls[0] is calls[1]  # the same teleoperator in both episodes
+    assert len(made) == 1 and made[0].n_closed == 1
