@@ -125,11 +125,14 @@ class LiveRig:
         return str(self.cfg.arm.type)
 
     def frame_time(self, timestamp: float) -> float:
-        """A camera frame timestamp -> session clock time. The virtual ZED stamps frames on the session
-        clock; ZED (SDK image time) and UVC (wall clock) stamp them in Unix time."""
-        if self.camera_type == "sim":
+        """A camera frame timestamp -> session clock time, by the camera's `time_base`: the virtual ZED
+        stamps frames on the session clock, ZED (SDK image time) and UVC (wall clock) in Unix time."""
+        base = self.camera.time_base
+        if base == "clock":
             return float(timestamp)
-        return float(timestamp) - self.unix_offset - self.clock.t0
+        if base == "unix":
+            return float(timestamp) - self.unix_offset - self.clock.t0
+        raise ValueError(unsupported_camera_message(self.camera_type, base))
 
     def stimulus_at_frame(self, timestamp: float) -> StimulusState | None:
         return self.stimulus.state_at(self.frame_time(timestamp))
@@ -224,6 +227,16 @@ def make_arm(cfg: DictConfig, clock: RealClock, targets: TargetSet) -> Arm:
     raise ValueError(f"arm: unknown arm.type {kind!r}; use arm=sim or arm=franka (configs/arm/)")
 
 
+LIVE_TIME_BASES = ("clock", "unix")  # camera time bases the session clock can be matched with
+
+
+def unsupported_camera_message(camera_type: str, time_base: str) -> str:
+    return (f"camera.type={camera_type!r}: its frames carry {time_base} timestamps (robot.interfaces.TIME_BASES), "
+            f"which cannot be matched with what the display shows now; the live rig (moss-record, moss-trial) "
+            f"needs a live camera: camera=sim, camera=zed without svo_file, camera=uvc on a device. Play recorded "
+            f"episodes with moss-replay")
+
+
 def headless(cfg: DictConfig) -> bool:
     """Run the display with SDL's dummy driver: `display_headless` true, or null (auto) with camera=sim."""
     h = cfg.get("display_headless")
@@ -249,6 +262,8 @@ def build_live_rig(cfg: DictConfig, first_seed: int) -> LiveRig:
             # time again, it films whatever display frame is on screen at the capture time
             cam_cfg["display_fps"] = 1000.0
         camera = make_camera(cam_cfg, clock=clock, render=stimulus.render, seed=int(first_seed))
+        if camera.time_base not in LIVE_TIME_BASES:
+            raise ValueError(unsupported_camera_message(str(cfg.camera.type), camera.time_base))
         crop = make_display_crop(cfg.camera)
         arm = make_arm(cfg, clock, targets)
     except BaseException:

@@ -55,6 +55,7 @@ class SimCamera:
     """Simulated camera filming `render(t)` (display time t, seconds) on a `Clock` (see module docstring)."""
 
     name = "sim"
+    time_base = "clock"  # frames are stamped with their capture time on `clock`
 
     def __init__(
         self,

@@ -49,6 +49,7 @@ def test_replay_plays_frames_and_timestamps_of_every_episode_then_ends(store):
         assert f.timestamp == pytest.approx(expected[ep][1]["timestamp"][t])
         assert f.index == k and f.arrival is None  # played as fast as read: no arrival time
     assert cam.image_size == (16, 16)
+    assert cam.time_base == "recorded"
 
 
 def test_replay_realtime_paces_on_the_clock_and_loops(store):

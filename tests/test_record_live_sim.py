@@ -148,3 +148,19 @@ def test_the_teleop_device_is_closed_when_an_episode_raises(tmp_path, monkeypatc
         record(cfg)
     assert calls[0] is calls[1]  # the same teleoperator in both episodes
     assert len(made) == 1 and made[0].n_closed == 1
+
+
+def test_a_camera_with_recorded_timestamps_is_refused_naming_camera_type(tmp_path):
+    """A replayed store carries the timestamps of its recording (session-relative for a sim recording): they
+    cannot be matched with what the display shows now, so the live rig refuses it at start, instead of
+    stopping every episode at step 0 (camera_stall)."""
+    from tasks.sim_cli import collect
+    from tasks.sim_cli import compose_config as sim_config
+
+    store = tmp_path / "sim.zarr"
+    assert collect(sim_config([f"out={store}", "episodes=1", *SHORT]))["store_check"] == "ok"
+    cfg = compose_config(["camera=replay", f"camera.path={store}", f"out={tmp_path / 'rec.zarr'}", "episodes=1",
+                          f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", *SHORT])
+    with pytest.raises(ValueError, match=r"camera.type='replay'.*recorded") as info:
+        record(cfg)
+    assert "moss-replay" in str(info.value)
