@@ -29,7 +29,6 @@ from robot.cameras import make_camera, make_display_crop
 from robot.clock import RealClock
 from robot.display_crop import DisplayCrop
 from robot.interfaces import Arm, Camera
-from robot.safety import SafetyChecker, SafetyLimits
 from tasks import make_task
 from tasks.display_driver import DisplayProcess
 from tasks.sim_rig import task_targets
@@ -203,15 +202,11 @@ class LiveRig:
                 print(f"rig close: {getattr(step, '__qualname__', step)} failed: {e}")
 
 
-def make_sim_arm(cfg: DictConfig, clock: RealClock, q0: np.ndarray):
-    """The simulated FR3 of configs/arm/sim.yaml on the session clock, with the arm safety checks."""
+def make_sim_arm(cfg: DictConfig, clock: RealClock, q0: np.ndarray) -> Arm:
+    """The simulated FR3 of `cfg.arm` on the session clock, its gripper as the operator holds it."""
     from robot.sim_arm import SimArm
 
-    ac = cfg.arm
-    safety = SafetyChecker(SafetyLimits.from_config(plain(ac.safety))) if "safety" in ac else None
-    return SimArm(clock, q0=q0, omega=ac.omega, velocity_scale=ac.velocity_scale,
-                  acceleration_scale=ac.acceleration_scale, substep=ac.substep, gripper_speed=ac.gripper_speed,
-                  gripper_width=float(cfg.teleop.get("gripper_width", 0.0) or 0.0), safety=safety)
+    return SimArm.from_config(plain(cfg.arm), clock, q0, gripper_width=float(cfg.teleop.get("gripper_width") or 0.0))
 
 
 def make_arm(cfg: DictConfig, clock: RealClock, targets: TargetSet) -> Arm:

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from robot.clock import SimClock
 from robot.control_loop import ControlLoop, JointLimitSafety, LoopResult, StepInfo
 from robot.display_crop import DisplayCrop
-from robot.safety import SafetyChecker, SafetyLimits
 from robot.sim_arm import SimArm
 from robot.sim_camera import SimCamera
 from tasks import make_task
@@ -175,11 +174,7 @@ def build_sim_rig(cfg: DictConfig, seed: int) -> SimRig:
     clock = SimClock(0.0)
     rng = np.random.default_rng([int(seed), 0xA12])
     q0 = targets.home.q + rng.normal(0.0, float(cfg.rig.home_noise), 7)
-    ac = cfg.arm
-    arm = SimArm(clock, q0=q0, omega=ac.omega, velocity_scale=ac.velocity_scale,
-                 acceleration_scale=ac.acceleration_scale, substep=ac.substep, gripper_speed=ac.gripper_speed,
-                 gripper_width=float(cfg.teleop.get("gripper_width", 0.0)),
-                 safety=SafetyChecker(SafetyLimits.from_config(_plain(ac.safety))) if "safety" in ac else None)
+    arm = SimArm.from_config(_plain(cfg.arm), clock, q0, gripper_width=float(cfg.teleop.get("gripper_width", 0.0)))
     cc = cfg.camera
     camera = SimCamera(
         task.render, clock, display_corners=list(cc.display_corners), raw_size=tuple(cc.raw_size), fps=cc.fps,

@@ -113,6 +113,22 @@ def test_safety_checker_rejects_unsafe_targets_before_moving():
     arm.command(Q_READY + 0.05)  # a small step is fine
 
 
+def test_from_config_takes_the_safety_checks_of_the_arm_config():
+    from omegaconf import OmegaConf
+
+    from moss_vla.paths import CONFIG_DIR
+
+    cfg = OmegaConf.load(CONFIG_DIR / "arm" / "sim.yaml")
+    cfg.safety.max_step = 0.03
+    arm = SimArm.from_config(cfg, SimClock(), Q_READY)
+    assert arm.omega == cfg.omega and arm.safety.limits.max_step.tolist() == [0.03] * 7
+    with pytest.raises(UnsafeTargetError, match="max 0.030"):
+        arm.command(Q_READY + 0.05)
+    del cfg["safety"]
+    with pytest.raises(ValueError, match=r"missing keys \['safety'\].*configs/arm/sim.yaml"):
+        SimArm.from_config(cfg, SimClock(), Q_READY)
+
+
 def test_dynamics_are_deterministic_and_independent_of_query_times():
     target = Q_READY + np.linspace(0.1, 0.4, 7)
     finals = []
