@@ -24,7 +24,9 @@ TARGETS = {n: t.q for n, t in load_targets("movesense_lr").targets.items()}  # h
 
 @pytest.fixture(autouse=True)
 def clean_event_queue():
-    pygame.init()
+    # the video system only, like the devices: the audio mixer's SDL thread (nice -20 as root) would stay in
+    # this process and starve the real-time tests that run after these
+    pygame.display.init()
     pygame.event.clear()
     yield
     if pygame.display.get_init():
