@@ -105,15 +105,11 @@ def make_scripted_operator(cfg: DictConfig, rig: LiveRig, seed: int) -> Any:
     seeded per episode, so built per episode)."""
     from tasks.scripted_operator import ScriptedOperator
 
-    tc = cfg.teleop
-    return ScriptedOperator(
-        rig.targets, rig.label_to_target, seed=seed, reaction_time=tuple(tc.reaction_time),
-        move_time=tuple(tc.move_time), min_move_time=tc.min_move_time, hold_time=tuple(tc.hold_time),
-        return_time=tuple(tc.return_time), joint_noise=tc.joint_noise,
-        finish_margin=float(cfg.rig.scoring.dwell) + float(tc.deadline_margin), gripper_width=tc.gripper_width,
-        # in real time the stimulus time between two frames varies (display refresh, capture jitter), so
-        # the peak speed keeps a margin below the arm's step limit
-        max_joint_speed=float(tc.max_joint_speed) * float(cfg.get("scripted_speed_factor", 1.0)))
+    # in real time the stimulus time between two frames varies (display refresh, capture jitter), so the
+    # peak speed keeps a margin below the arm's step limit
+    return ScriptedOperator.from_config(cfg.teleop, rig.targets, rig.label_to_target, seed,
+                                        dwell=float(cfg.rig.scoring.dwell),
+                                        speed_factor=float(cfg.scripted_speed_factor))
 
 
 def make_teleop_operator(cfg: DictConfig, rig: LiveRig) -> Any:

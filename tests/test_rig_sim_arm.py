@@ -10,7 +10,7 @@ from robot.fr3_kinematics import DDQ_MAX, DQ_MAX, Q_MAX, Q_MIN, Q_READY
 from robot.interfaces import Arm
 from robot.safety import SafetyChecker, UnsafeTargetError
 from robot.sim_arm import SimArm
-from tasks.scripted_operator import min_jerk
+from robot.teleop.motion import min_jerk
 
 
 def test_sim_clock_moves_only_when_slept_on():

@@ -51,6 +51,7 @@ def test_min_jerk_profile():
     assert abs(v[0]) < 1e-2 and abs(v[-1]) < 1e-2
     assert v.max() == pytest.approx(MIN_JERK_PEAK, rel=1e-3)
     assert np.all(np.diff(s) >= 0)
+    assert min_jerk(-1.0) == 0.0 and min_jerk(2.0) == 1.0 and min_jerk(0.5) == pytest.approx(0.5)  # clipped
 
 
 def test_min_jerk_trajectory_respects_the_peak_speed():
