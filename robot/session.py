@@ -164,15 +164,15 @@ def run_live_episode(
 ) -> LiveEpisode:
     """Run episode `seed` once in real time (see module docstring)."""
     cfg = rig.cfg
-    lc, period = cfg.loop, float(cfg.rig.period)
+    lc, period, tail = cfg.loop, float(cfg.rig.period), float(cfg.rig.tail)
     task = rig.show_episode(seed)
     rig.home_arm(seed)
     controller.reset()
     safety = JointLimitSafety(**plain(cfg.rig.safety))
     loop = ControlLoop(rig.clock, rig.camera, rig.crop, rig.arm, controller, task.instruction,
                        stimulus=rig.stimulus_at_frame, safety=safety, writer=writer, period=period,
-                       camera_timeout=float(lc.camera_timeout), sync=str(cfg.rig.loop_sync))
-    t_end = task.duration + float(lc.tail)
+                       camera_timeout=float(cfg.rig.camera_timeout), sync=str(cfg.rig.loop_sync))
+    t_end = task.duration + tail
 
     done_at: list[float] = []
 
@@ -183,7 +183,7 @@ def run_live_episode(
             return False
         if not done_at:
             done_at.append(rig.clock.now())
-        return rig.clock.now() - done_at[0] >= float(lc.tail) - 1e-9
+        return rig.clock.now() - done_at[0] >= tail - 1e-9
 
     def display_alive(info: StepInfo) -> str | None:
         code = rig.display.proc.poll() if rig.display.proc is not None else None

@@ -92,7 +92,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                                        queue_size=int(cfg.rig.writer.queue_size))
             warm_up(policy, rig, str(cfg.task.instruction))
             # after the warm-up: from here on the planner's worker thread is the only one using the policy
-            controller = make_controller(policy, cfg.get("planner"))
+            controller = make_controller(policy, cfg.planner)
             while len(results) < n_trials and not stop.is_set:
                 if cfg.get("max_minutes") and time.perf_counter() - wall0 > 60 * cfg.max_minutes:
                     break

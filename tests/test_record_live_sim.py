@@ -164,3 +164,15 @@ def test_a_camera_with_recorded_timestamps_is_refused_naming_camera_type(tmp_pat
     with pytest.raises(ValueError, match=r"camera.type='replay'.*recorded") as info:
         record(cfg)
     assert "moss-replay" in str(info.value)
+
+
+def test_the_rig_tail_and_camera_timeout_are_the_live_sessions_too(tmp_path):
+    """One key per setting: configs/rig/sim.yaml's `tail` and `camera_timeout` (the live default of the tail,
+    0.5 s, is set in configs/record.yaml)."""
+    assert compose_config([]).rig.tail == 0.5 and compose_config([]).rig.camera_timeout == 1.0
+    cfg = compose_config([f"out={tmp_path / 'rec.zarr'}", "episodes=1", "rig.tail=2.0", f"log_dir={tmp_path}",
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    assert "tail" not in cfg.loop and "camera_timeout" not in cfg.loop
+    loop = record(cfg)["episodes"][0]["loop"]
+    # the display's episode lasts 3.0 s; the loop kept recording 2 s after its end
+    assert loop["reason"] == "episode_done" and loop["duration_s"] > 3.0 + 2.0 - 0.4
