@@ -6,16 +6,15 @@
 Everything runs on one `RealClock` (the session clock: `time.monotonic()` minus the session start).
 The display process publishes, for every shown frame, the monotonic time it was shown and its stimulus
 state, so the stimulus ground truth of a camera frame is the state of the display frame on screen at the
-frame's capture time (`DisplayStimulus.state_at`). With `camera=sim` the virtual ZED films exactly that:
-it renders `task.render(t_stim)` where `t_stim` is the display's stimulus time at the capture time, so
-pauses, late starts and dropped display frames of the real display process show up in the images just as
-they would on a real monitor. `arm=sim` is the simulated FR3 integrated on the session clock;
+frame's capture time (`DisplayStimulus.state_at`, through `StimulusSubscriber.sample_at`). With
+`camera=sim` the virtual ZED films exactly that: it renders `task.render(t_stim)` where `t_stim` is the
+display's stimulus time at the capture time, so pauses, late starts and dropped display frames of the real
+display process show up in the images just as they would on a real monitor. `arm=sim` is the simulated FR3 integrated on the session clock;
 `arm=franka` is the franky arm (a real FR3 or franky-sim on 127.0.0.1).
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -60,13 +59,11 @@ class DisplayStimulus:
         return self._tasks[seed]
 
     def sample_at(self, t: float) -> StimulusSample | None:
-        """The display frame on screen at session time t (the last one shown at or before it)."""
+        """The display frame on screen at session time t (`StimulusSubscriber.sample_at` on the monotonic
+        clock the display stamps its frames with)."""
         if self.display.subscriber is None:
             return None
-        mono = t + self.clock.t0
-        history = self.display.subscriber.history()
-        i = bisect.bisect_right([s.shown for s in history], mono)
-        return history[i - 1] if i else None
+        return self.display.subscriber.sample_at(t + self.clock.t0)
 
     def latest(self) -> StimulusSample | None:
         return self.display.latest_sample()
