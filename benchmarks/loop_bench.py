@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 
-from moss_vla.paths import CONFIG_DIR, REPO_ROOT
+from moss_vla.paths import REPO_ROOT
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "loop.json"
 
@@ -96,23 +96,6 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else (float("nan") if a == 0 else float("inf"))
 
 
-def make_checkpoint(path: Path, task_cfg: Any, model: str) -> Path:
-    """An untrained `model`-preset MOSS policy with its action range centred on the home pose."""
-    import torch
-    from omegaconf import OmegaConf
-
-    from moss_vla.policy import make_policy
-    from tasks.targets import load_targets
-
-    home = load_targets(str(task_cfg.targets.calibration)).home.q
-    lo, hi = np.concatenate([home - 0.01, [0.0]]), np.concatenate([home + 0.01, [0.001]])
-    one = {"mean": ((lo + hi) / 2).tolist(), "std": ((hi - lo) / 2).tolist(), "min": lo.tolist(), "max": hi.tolist()}
-    torch.manual_seed(0)
-    policy = make_policy(OmegaConf.load(CONFIG_DIR / "policy" / "moss.yaml"),
-                         OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml"), {"state": one, "action": one})
-    return policy.save_pretrained(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="recording session length (default 10)")
@@ -128,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     from moss_vla.episodes import EpisodeStore
     from robot.record_cli import compose_config, record
     from robot.trial_cli import run_trials
+    from tasks.sim_eval import untrained_checkpoint
 
     info = machine_info()
     results: dict[str, Any] = {"machine": info, "minutes": args.minutes, "trial_minutes": trial_minutes,
@@ -154,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         results["recording"] = rec
         print(json.dumps(rec, indent=1), flush=True)
         # 2. trials with a small-preset checkpoint: background planner, then the chunk planned inside the step
-        ckpt = make_checkpoint(tmp / "ckpt", cfg.task, args.model)
+        ckpt = untrained_checkpoint(tmp / "ckpt", str(cfg.task.targets.calibration), args.model)
         lead = [] if args.lead is None else [f"planner.lead={args.lead}"]
         for name, mode in (("trials", "async"), ("trials_sync", "sync")):
             col = Collector()

@@ -64,8 +64,8 @@ class AsyncChunkPlanner:
     n_action_steps and action_dim; `max_late_streak`: held steps in a row that end the episode.
     """
 
-    def __init__(self, policy: Any, lead: int = 2, n_steps: int | None = None, action_dim: int | None = None,
-                 max_late_streak: int = 10) -> None:
+    def __init__(self, policy: Any, lead: int, max_late_streak: int, n_steps: int | None = None,
+                 action_dim: int | None = None) -> None:
         if not is_chunk_policy(policy):
             raise TypeError(f"AsyncChunkPlanner needs a policy with reset(), observe(obs) and plan(obs); "
                             f"got {type(policy).__name__}")
@@ -245,14 +245,18 @@ class AsyncChunkPlanner:
 
 
 def make_controller(policy: Any, cfg: Mapping[str, Any] | None) -> Any:
-    """The control loop's controller for a real-time run, from the `planner` config (configs/trial.yaml):
-    `mode: async` wraps a chunk policy in an AsyncChunkPlanner; `mode: sync`, or a controller that does
-    not plan chunks (`is_chunk_policy` false: it acts step by step), is used as it is."""
+    """The control loop's controller for a real-time run, from the `planner` config (configs/trial.yaml, the
+    one source of its settings): `mode: async` wraps a chunk policy in an AsyncChunkPlanner (`lead`,
+    `max_late_streak`); `mode: sync`, or a controller that does not plan chunks (`is_chunk_policy` false: it
+    acts step by step), is used as it is."""
     cfg = {} if cfg is None else cfg
-    mode = str(cfg.get("mode", "sync"))
+    need = ["mode"] + (["lead", "max_late_streak"] if cfg.get("mode") == "async" else [])
+    missing = [k for k in need if k not in cfg]
+    if missing:
+        raise ValueError(f"planner config: missing keys {missing} (the `planner` block of configs/trial.yaml)")
+    mode = str(cfg["mode"])
     if mode not in ("sync", "async"):
         raise ValueError(f"planner.mode must be 'sync' or 'async', got {mode!r}")
     if mode == "sync" or not is_chunk_policy(policy):
         return policy
-    return AsyncChunkPlanner(policy, lead=int(cfg.get("lead", 2)),
-                             max_late_streak=int(cfg.get("max_late_streak", 10)))
+    return AsyncChunkPlanner(policy, lead=int(cfg["lead"]), max_late_streak=int(cfg["max_late_streak"]))

@@ -25,7 +25,7 @@ import numpy as np
 
 from robot.fr3_kinematics import Q_READY
 from robot.interfaces import Arm
-from robot.safety import SafetyChecker, SafetyLimits, UnsafeTargetError
+from robot.safety import SafetyChecker, UnsafeTargetError
 from robot.teleop.operator import TeleopPolicy
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,9 @@ def _make_arm(cfg: Any, clock: Any, q0: np.ndarray) -> tuple[Arm, SafetyChecker]
     if kind == "sim":
         from robot.sim_arm import SimArm
 
-        a = cfg.arm
-        arm = SimArm(clock, q0=q0, omega=a.omega, velocity_scale=a.velocity_scale,
-                     acceleration_scale=a.acceleration_scale, substep=a.substep, gripper_speed=a.gripper_speed)
-        return arm, SafetyChecker(SafetyLimits())
+        # the checks (and numbers) of the arm config's safety block, like the real arm
+        arm = SimArm.from_config(cfg.arm, clock, q0)
+        return arm, arm.safety
     if kind == "franka":
         from robot.franka_arm import FrankaArm
 

@@ -30,9 +30,9 @@ At each tick:
 `run()` returns a LoopResult with the reason the loop ended. An exception raised by the controller
 (a policy bug, a failed teleop device) ends the loop with reason "controller" after stopping the arm,
 like a non-finite action ("safety"): a trial must end safely with its reason recorded, not crash the
-session. Extension points for the real rig: `stop_conditions` (callables StepInfo -> reason or None:
-robot/stop_conditions.py has stall detection, missed-deadline streaks, stop keys) and `on_step`
-callbacks (live display, logging). A controller with `loop_stats() -> dict` (robot/async_planner.py) has
+session. Extension points for the real rig: `stop_conditions` (callables StepInfo -> reason,
+(reason, message) or None: robot/stop_conditions.py has stall detection, missed-deadline streaks, stop
+keys) and `on_step` callbacks (live display, logging). A controller with `loop_stats() -> dict` (robot/async_planner.py) has
 its numbers added to the LoopResult's summary.
 """
 
@@ -148,7 +148,7 @@ class LoopResult:
         }
 
 
-StopCondition = Callable[[StepInfo], "str | None"]
+StopCondition = Callable[[StepInfo], "str | tuple[str, str] | None"]  # reason, or (reason, message)
 
 
 class ControlLoop:
@@ -271,9 +271,9 @@ class ControlLoop:
                     streak = 0
                 for callback in on_step:
                     callback(info)
-                reason = next((r for r in (cond(info) for cond in stop_conditions) if r), None)
-                if reason:
-                    result.reason = reason
+                stop = next((r for r in (cond(info) for cond in stop_conditions) if r), None)
+                if stop:
+                    result.reason, result.message = (stop, "") if isinstance(stop, str) else stop
                     break
                 if self.sync == "clock":  # next tick; if already past it by over a period, drop the missed ticks
                     k += 1

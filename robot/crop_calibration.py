@@ -160,7 +160,7 @@ def pick_corners_gui(image: np.ndarray, out_size: tuple[int, int] = (224, 224),
     h, w = picker.raw_size
     scale = min(1.0, max_window[0] / w, max_window[1] / h)
     view_w, view_h = round(w * scale), round(h * scale)
-    pygame.init()
+    pygame.display.init()  # not pygame.init(): the audio mixer's SDL thread is not needed here
     screen = pygame.display.set_mode((view_w + out_size[1], max(view_h, out_size[0])))
     pygame.display.set_caption("moss-vla crop: click the 4 display corners; u undo, r reset, Enter accept, Esc cancel")
     message = ""

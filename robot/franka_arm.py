@@ -15,6 +15,7 @@ control loop can stop the trial, record why and call `recover()`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from collections.abc import Callable
@@ -278,10 +279,14 @@ class FrankaArm:
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> FrankaArm:
-        """From configs/arm/franka.yaml (a dict or DictConfig)."""
+        """From configs/arm/franka.yaml (a dict or DictConfig); `overrides` replace config keys."""
         c = dict(cfg)
         c.pop("type", None)
-        c.pop("control_hz", None)
         safety = SafetyChecker(SafetyLimits.from_config(dict(c.pop("safety", {}) or {})))
         c.update(overrides)
+        known = set(inspect.signature(cls.__init__).parameters) - {"self", "safety"}
+        unknown = sorted(set(c) - known)
+        if unknown:
+            raise ValueError(f"arm config: unknown keys {unknown} for arm.type franka (configs/arm/franka.yaml); "
+                             f"known: {sorted(known)}")
         return cls(safety=safety, **c)

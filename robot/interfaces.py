@@ -25,9 +25,19 @@ class Frame:
     arrival: float | None = None
 
 
+# What a camera's Frame.timestamp is measured on (its `time_base`):
+#   "clock":    the clock the camera was given (the rig's session clock: the virtual ZED);
+#   "unix":     Unix time, time.time() (the ZED SDK's image time, a webcam's wall clock);
+#   "recorded": the times of a recording (a replayed episode store, an SVO or video file): no relation
+#               to any clock of the session that plays it.
+TIME_BASES = ("clock", "unix", "recorded")
+
+
 @runtime_checkable
 class Camera(Protocol):
-    """Yields timestamped RGB frames."""
+    """Yields timestamped RGB frames; `time_base` (one of TIME_BASES) says what the timestamps are measured on."""
+
+    time_base: str
 
     def read(self, timeout: float | None = None) -> Frame:
         """Block until a frame newer than the last one returned is available and return it."""

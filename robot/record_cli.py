@@ -12,7 +12,7 @@ that do not run to their end are discarded, and the reason is kept in the sessio
 (the display window's quit key, or the keyboard teleop's quit key) or Ctrl-C stops everything: the arm
 is stopped, the episode in progress is discarded (or committed, with `on_interrupt=commit`), the writer
 is closed and the store is consistent. Exit code 0 when all episodes were recorded, 130 after a stop key
-or Ctrl-C, 1 when episodes failed.
+or Ctrl-C, 1 when episodes failed or the session stopped otherwise (the display process died).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
     from moss_vla.episodes import EpisodeWriter
     from moss_vla.episodes.check import check_store
     from robot.rig_builder import build_live_rig
-    from robot.session import make_operator, run_live_episode
+    from robot.session import make_scripted_operator, make_teleop_operator, run_live_episode
     from robot.stop_conditions import StopFlag
 
     out = Path(str(cfg.out))
@@ -58,14 +58,19 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
     wall0 = time.perf_counter()
     with stop.sigint_sets():
         rig = build_live_rig(cfg, seed0)
+        teleop = None
         try:
+            # one teleop device (window, joystick) for the session, reset per episode by run_live_episode;
+            # the scripted operator is seeded per episode
+            if str(cfg.teleop.type) != "scripted":
+                teleop = make_teleop_operator(cfg, rig)
             with EpisodeWriter(out, store_meta=rig.store_meta(), queue_size=int(cfg.rig.writer.queue_size)) as writer:
                 n_before = writer.n_episodes
                 for i in range(n):
                     if stop.is_set or (cfg.get("max_minutes") and time.perf_counter() - wall0 > 60 * cfg.max_minutes):
                         break
                     seed = seed0 + i
-                    controller = make_operator(cfg, rig, seed)
+                    controller = teleop if teleop is not None else make_scripted_operator(cfg, rig, seed)
                     ep = run_live_episode(rig, controller, seed, stop, writer=writer, operator=str(cfg.teleop.type),
                                           progress=bool(cfg.progress), on_interrupt=str(cfg.on_interrupt))
                     if on_episode is not None:
@@ -85,7 +90,11 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
                         rig.recover_arm()
                 n_committed = writer.n_episodes - n_before
         finally:
-            rig.close()
+            try:
+                if teleop is not None:
+                    teleop.device.close()
+            finally:
+                rig.close()
     check = check_store(out, images=False)
     report = {
         "out": str(out.resolve()),
@@ -110,16 +119,16 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from robot.session import exit_code
+
     cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "record", __doc__)
     if cfg is None:
         return 0
     report = record(cfg)
     print(f"store {report['out']}: {report['episodes_committed']} episode(s) committed, check "
           f"{report['store_check']}; session report {report['report']}")
-    if report["stopped"] is not None:
-        return 130
     ok = report["store_check"] == "ok" and all(e["end_reason"] == "episode_done" for e in report["episodes"])
-    return 0 if ok else 1
+    return exit_code(report["stopped"], ok)
 
 
 if __name__ == "__main__":

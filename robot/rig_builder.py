@@ -6,16 +6,15 @@
 Everything runs on one `RealClock` (the session clock: `time.monotonic()` minus the session start).
 The display process publishes, for every shown frame, the monotonic time it was shown and its stimulus
 state, so the stimulus ground truth of a camera frame is the state of the display frame on screen at the
-frame's capture time (`DisplayStimulus.state_at`). With `camera=sim` the virtual ZED films exactly that:
-it renders `task.render(t_stim)` where `t_stim` is the display's stimulus time at the capture time, so
-pauses, late starts and dropped display frames of the real display process show up in the images just as
-they would on a real monitor. `arm=sim` is the simulated FR3 integrated on the session clock;
+frame's capture time (`DisplayStimulus.state_at`, through `StimulusSubscriber.sample_at`). With
+`camera=sim` the virtual ZED films exactly that: it renders `task.render(t_stim)` where `t_stim` is the
+display's stimulus time at the capture time, so pauses, late starts and dropped display frames of the real
+display process show up in the images just as they would on a real monitor. `arm=sim` is the simulated FR3 integrated on the session clock;
 `arm=franka` is the franky arm (a real FR3 or franky-sim on 127.0.0.1).
 """
 
 from __future__ import annotations
 
-import bisect
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -29,7 +28,6 @@ from robot.cameras import make_camera, make_display_crop
 from robot.clock import RealClock
 from robot.display_crop import DisplayCrop
 from robot.interfaces import Arm, Camera
-from robot.safety import SafetyChecker, SafetyLimits
 from tasks import make_task
 from tasks.display_driver import DisplayProcess
 from tasks.sim_rig import task_targets
@@ -61,13 +59,11 @@ class DisplayStimulus:
         return self._tasks[seed]
 
     def sample_at(self, t: float) -> StimulusSample | None:
-        """The display frame on screen at session time t (the last one shown at or before it)."""
+        """The display frame on screen at session time t (`StimulusSubscriber.sample_at` on the monotonic
+        clock the display stamps its frames with)."""
         if self.display.subscriber is None:
             return None
-        mono = t + self.clock.t0
-        history = self.display.subscriber.history()
-        i = bisect.bisect_right([s.shown for s in history], mono)
-        return history[i - 1] if i else None
+        return self.display.subscriber.sample_at(t + self.clock.t0)
 
     def latest(self) -> StimulusSample | None:
         return self.display.latest_sample()
@@ -125,11 +121,14 @@ class LiveRig:
         return str(self.cfg.arm.type)
 
     def frame_time(self, timestamp: float) -> float:
-        """A camera frame timestamp -> session clock time. The virtual ZED stamps frames on the session
-        clock; ZED (SDK image time) and UVC (wall clock) stamp them in Unix time."""
-        if self.camera_type == "sim":
+        """A camera frame timestamp -> session clock time, by the camera's `time_base`: the virtual ZED
+        stamps frames on the session clock, ZED (SDK image time) and UVC (wall clock) in Unix time."""
+        base = self.camera.time_base
+        if base == "clock":
             return float(timestamp)
-        return float(timestamp) - self.unix_offset - self.clock.t0
+        if base == "unix":
+            return float(timestamp) - self.unix_offset - self.clock.t0
+        raise ValueError(unsupported_camera_message(self.camera_type, base))
 
     def stimulus_at_frame(self, timestamp: float) -> StimulusState | None:
         return self.stimulus.state_at(self.frame_time(timestamp))
@@ -200,15 +199,11 @@ class LiveRig:
                 print(f"rig close: {getattr(step, '__qualname__', step)} failed: {e}")
 
 
-def make_sim_arm(cfg: DictConfig, clock: RealClock, q0: np.ndarray):
-    """The simulated FR3 of configs/arm/sim.yaml on the session clock, with the arm safety checks."""
+def make_sim_arm(cfg: DictConfig, clock: RealClock, q0: np.ndarray) -> Arm:
+    """The simulated FR3 of `cfg.arm` on the session clock, its gripper as the operator holds it."""
     from robot.sim_arm import SimArm
 
-    ac = cfg.arm
-    safety = SafetyChecker(SafetyLimits.from_config(plain(ac.safety))) if "safety" in ac else None
-    return SimArm(clock, q0=q0, omega=ac.omega, velocity_scale=ac.velocity_scale,
-                  acceleration_scale=ac.acceleration_scale, substep=ac.substep, gripper_speed=ac.gripper_speed,
-                  gripper_width=float(cfg.teleop.get("gripper_width", 0.0) or 0.0), safety=safety)
+    return SimArm.from_config(plain(cfg.arm), clock, q0, gripper_width=float(cfg.teleop.get("gripper_width") or 0.0))
 
 
 def make_arm(cfg: DictConfig, clock: RealClock, targets: TargetSet) -> Arm:
@@ -222,6 +217,16 @@ def make_arm(cfg: DictConfig, clock: RealClock, targets: TargetSet) -> Arm:
         # arm state timestamps on the session clock, like the camera's and the display's
         return FrankaArm.from_config(plain(cfg.arm), clock=clock.now)
     raise ValueError(f"arm: unknown arm.type {kind!r}; use arm=sim or arm=franka (configs/arm/)")
+
+
+LIVE_TIME_BASES = ("clock", "unix")  # camera time bases the session clock can be matched with
+
+
+def unsupported_camera_message(camera_type: str, time_base: str) -> str:
+    return (f"camera.type={camera_type!r}: its frames carry {time_base} timestamps (robot.interfaces.TIME_BASES), "
+            f"which cannot be matched with what the display shows now; the live rig (moss-record, moss-trial) "
+            f"needs a live camera: camera=sim, camera=zed without svo_file, camera=uvc on a device. Play recorded "
+            f"episodes with moss-replay")
 
 
 def headless(cfg: DictConfig) -> bool:
@@ -249,6 +254,8 @@ def build_live_rig(cfg: DictConfig, first_seed: int) -> LiveRig:
             # time again, it films whatever display frame is on screen at the capture time
             cam_cfg["display_fps"] = 1000.0
         camera = make_camera(cam_cfg, clock=clock, render=stimulus.render, seed=int(first_seed))
+        if camera.time_base not in LIVE_TIME_BASES:
+            raise ValueError(unsupported_camera_message(str(cfg.camera.type), camera.time_base))
         crop = make_display_crop(cfg.camera)
         arm = make_arm(cfg, clock, targets)
     except BaseException:

@@ -29,6 +29,14 @@ EPISODE_DONE = "episode_done"
 USER_STOPS = ("interrupted", "stop_key")  # the operator ended the session: unfinished trials are not counted
 
 
+def exit_code(stopped: str | None, ok: bool = True) -> int:
+    """A session CLI's exit code: 130 after a user stop (`USER_STOPS`: stop key, Ctrl-C), 1 after any other
+    stop of the session (e.g. the display process died) or when not `ok`, else 0."""
+    if stopped in USER_STOPS:
+        return 130
+    return 1 if stopped is not None or not ok else 0
+
+
 @dataclass
 class LiveEpisode:
     """What one real-time episode produced."""
@@ -92,29 +100,33 @@ class LiveStatus:
         self.bar.close()
 
 
-def make_operator(cfg: DictConfig, rig: LiveRig, seed: int) -> Any:
-    """The controller of a recording, from the `teleop` group: the scripted operator (reads the display's
-    stimulus ground truth), or a keyboard / gamepad teleoperator snapping to the task's targets."""
-    tc = cfg.teleop
-    if str(tc.type) == "scripted":
-        from tasks.scripted_operator import ScriptedOperator
+def make_scripted_operator(cfg: DictConfig, rig: LiveRig, seed: int) -> Any:
+    """The scripted operator of episode `seed` (`teleop=scripted`: reads the display's stimulus ground truth;
+    seeded per episode, so built per episode)."""
+    from tasks.scripted_operator import ScriptedOperator
 
-        return ScriptedOperator(
-            rig.targets, rig.label_to_target, seed=seed, reaction_time=tuple(tc.reaction_time),
-            move_time=tuple(tc.move_time), min_move_time=tc.min_move_time, hold_time=tuple(tc.hold_time),
-            return_time=tuple(tc.return_time), joint_noise=tc.joint_noise,
-            finish_margin=float(cfg.rig.scoring.dwell) + float(tc.deadline_margin), gripper_width=tc.gripper_width,
-            # in real time the stimulus time between two frames varies (display refresh, capture jitter), so
-            # the peak speed keeps a margin below the arm's step limit
-            max_joint_speed=float(tc.max_joint_speed) * float(cfg.get("scripted_speed_factor", 1.0)))
+    # in real time the stimulus time between two frames varies (display refresh, capture jitter), so the
+    # peak speed keeps a margin below the arm's step limit
+    return ScriptedOperator.from_config(cfg.teleop, rig.targets, rig.label_to_target, seed,
+                                        dwell=float(cfg.rig.scoring.dwell),
+                                        speed_factor=float(cfg.scripted_speed_factor))
+
+
+def make_teleop_operator(cfg: DictConfig, rig: LiveRig) -> Any:
+    """The keyboard / gamepad teleoperator of a recording session, snapping to the task's targets. It holds
+    a device (a pygame window, a joystick): build one per session and close its `.device` at the end."""
     from robot.teleop import make_teleop
 
     # snap keys/buttons in label order (left bowl, right bowl / red, green, blue cups), then home
     order = [rig.label_to_target[i] for i in sorted(rig.label_to_target)]
     order += [n for n in rig.targets.names if n not in order]
-    checker = getattr(rig.arm, "safety", None)
-    is_safe = (lambda q: not checker.workspace_violations(q)) if checker is not None else None
-    return make_teleop(plain(tc), {n: rig.targets[n].q for n in rig.targets.names}, snap_order=order,
+
+    def is_safe(q: np.ndarray) -> bool:
+        # the rig's arm of the moment (arm=sim is rebuilt at every homing)
+        checker = getattr(rig.arm, "safety", None)
+        return checker is None or not checker.workspace_violations(q)
+
+    return make_teleop(plain(cfg.teleop), {n: rig.targets[n].q for n in rig.targets.names}, snap_order=order,
                        is_safe=is_safe)
 
 
@@ -152,15 +164,15 @@ def run_live_episode(
 ) -> LiveEpisode:
     """Run episode `seed` once in real time (see module docstring)."""
     cfg = rig.cfg
-    lc, period = cfg.loop, float(cfg.rig.period)
+    lc, period, tail = cfg.loop, float(cfg.rig.period), float(cfg.rig.tail)
     task = rig.show_episode(seed)
     rig.home_arm(seed)
     controller.reset()
     safety = JointLimitSafety(**plain(cfg.rig.safety))
     loop = ControlLoop(rig.clock, rig.camera, rig.crop, rig.arm, controller, task.instruction,
                        stimulus=rig.stimulus_at_frame, safety=safety, writer=writer, period=period,
-                       camera_timeout=float(lc.camera_timeout), sync=str(cfg.rig.loop_sync))
-    t_end = task.duration + float(lc.tail)
+                       camera_timeout=float(cfg.rig.camera_timeout), sync=str(cfg.rig.loop_sync))
+    t_end = task.duration + tail
 
     done_at: list[float] = []
 
@@ -171,7 +183,7 @@ def run_live_episode(
             return False
         if not done_at:
             done_at.append(rig.clock.now())
-        return rig.clock.now() - done_at[0] >= float(lc.tail) - 1e-9
+        return rig.clock.now() - done_at[0] >= tail - 1e-9
 
     def display_alive(info: StepInfo) -> str | None:
         code = rig.display.proc.poll() if rig.display.proc is not None else None

@@ -16,14 +16,17 @@ costs no wall time while idle.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from robot.clock import Clock
 from robot.fr3_kinematics import DDQ_MAX, DQ_MAX, GRIPPER_MAX_WIDTH, Q_MAX, Q_MIN, Q_READY
 from robot.interfaces import ArmState
-from robot.safety import SafetyChecker
+from robot.safety import SafetyChecker, SafetyLimits
+
+_CONFIG_KEYS = ("omega", "velocity_scale", "acceleration_scale", "substep", "gripper_speed", "safety")
 
 
 class SimArm:
@@ -63,6 +66,20 @@ class SimArm:
         self.safety = safety
         self._last_target: np.ndarray | None = None
         self.n_clipped_targets = 0  # commands that asked for a position outside the joint limits
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], clock: Clock, q0: Sequence[float],
+                    gripper_width: float = GRIPPER_MAX_WIDTH) -> SimArm:
+        """The arm of an `arm` config (configs/arm/sim.yaml, a dict or DictConfig), with the safety checks of
+        its `safety` block: every simulated rig (sim, live, calibration) builds its arm here."""
+        missing = [k for k in _CONFIG_KEYS if k not in cfg]
+        if missing:
+            raise ValueError(f"arm config of type {cfg.get('type')!r}: missing keys {missing} for the simulated "
+                             f"arm (see configs/arm/sim.yaml)")
+        return cls(clock, q0=q0, omega=float(cfg["omega"]), velocity_scale=float(cfg["velocity_scale"]),
+                   acceleration_scale=float(cfg["acceleration_scale"]), substep=float(cfg["substep"]),
+                   gripper_speed=float(cfg["gripper_speed"]), gripper_width=float(gripper_width),
+                   safety=SafetyChecker(SafetyLimits.from_config(cfg["safety"])))
 
     # --- Arm interface --------------------------------------------------------------------------
     def state(self) -> ArmState:

@@ -55,6 +55,7 @@ class SimCamera:
     """Simulated camera filming `render(t)` (display time t, seconds) on a `Clock` (see module docstring)."""
 
     name = "sim"
+    time_base = "clock"  # frames are stamped with their capture time on `clock`
 
     def __init__(
         self,
@@ -171,8 +172,10 @@ class SimCamera:
 
     def _screen_maps(self, screen_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Fixed-point remap tables: for each pixel of the display's bounding box in the raw image, where
-        to sample the screen. Same geometry as warpPerspective, but computed once (remap with
-        precomputed tables is 2-3x faster than warpPerspective, which divides per pixel every frame)."""
+        to sample the screen. Same geometry as warpPerspective, but the per-pixel division is done once.
+        Measured (benchmarks/results/sim_rig.json, whole capture, min of runs on the loaded 2-core
+        machine): 1.35x faster than a capture with warpPerspective for movesense_lr, 0.83x (slower) for
+        pongpredict: no consistent gain; the pictures differ by rounding only."""
         y0, y1, x0, x1 = self._roi
         inv = np.linalg.inv(self.screen_homography(screen_hw))
         xs, ys = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))

@@ -1,7 +1,8 @@
 """Stop conditions for the control loop (robot/control_loop.py): callables `StepInfo -> reason | None`.
 
-The loop checks them after every step; the first one that returns a reason ends the loop with that
-reason (the session, robot/session.py, then stops the arm unless the reason is the episode's normal end).
+The loop checks them after every step; the first one that returns a reason (or a `(reason, message)` pair:
+the message says what was measured) ends the loop with it (the session, robot/session.py, then stops the
+arm unless the reason is the episode's normal end).
 They are what makes a real-time session end safely and say why:
   - `CameraStall`: the camera keeps answering but no NEW frame arrived for `timeout` seconds, or the
     frame it gives is older than `timeout` (a frozen driver, a backlog). A camera that stops answering
@@ -40,16 +41,18 @@ class CameraStall:
     def reset(self) -> None:
         self._last_index = None
 
-    def __call__(self, info: StepInfo) -> str | None:
+    def __call__(self, info: StepInfo) -> tuple[str, str] | None:
         now = self.now()
         if self._last_index is None or info.frame.index != self._last_index:
             self._last_index, self._last_new = info.frame.index, now
         elif now - self._last_new > self.timeout:
-            return "camera_stall"
+            return "camera_stall", (f"no new camera frame for {now - self._last_new:.2f} s (stall_timeout "
+                                    f"{self.timeout:g} s; last frame index {info.frame.index})")
         if self.frame_age is not None:
             age = self.frame_age(info)
             if age is not None and age > self.timeout:
-                return "camera_stall"
+                return "camera_stall", (f"camera frame {info.frame.index} is {age:.3f} s old when the step starts "
+                                        f"(stall_timeout {self.timeout:g} s)")
         return None
 
 

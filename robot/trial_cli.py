@@ -10,7 +10,8 @@ exception or non-finite action, safety stop, arm error, missed-deadline streak) 
 "stopped:<reason>"; a stop key or Ctrl-C ends the session (unfinished trials are not counted). Writes to
 `eval_dir`: results.json (summary, per-episode loop timing), results.md (the table), results.png, and
 trials.jsonl (one line per trial, appended as trials finish, so an interrupted session keeps its log).
-With `planner.mode: async` (the default) the policy plans its action chunks on a worker thread
+Exit code 0, or 130 after a stop key or Ctrl-C, 1 when the session stopped otherwise (the display process
+died). With `planner.mode: async` (the default) the policy plans its action chunks on a worker thread
 (robot/async_planner.py): the loop never waits for a replanning step.
 """
 
@@ -91,7 +92,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                                        queue_size=int(cfg.rig.writer.queue_size))
             warm_up(policy, rig, str(cfg.task.instruction))
             # after the warm-up: from here on the planner's worker thread is the only one using the policy
-            controller = make_controller(policy, cfg.get("planner"))
+            controller = make_controller(policy, cfg.planner)
             while len(results) < n_trials and not stop.is_set:
                 if cfg.get("max_minutes") and time.perf_counter() - wall0 > 60 * cfg.max_minutes:
                     break
@@ -148,6 +149,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from robot.session import exit_code
     from tasks.sim_eval import markdown_table
 
     cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "trial", __doc__)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(f"{report['task']} ({report['trials']} trials)",
                          {"overall": report["overall"], "per_type": report["per_type"]}))
     print(f"results: {report['eval_dir']}/results.{{json,md,png}}, trials.jsonl")
-    return 130 if report["stopped"] is not None else 0
+    return exit_code(report["stopped"])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ delay a screen refresh. Per frame it:
 Clocks: the stimulus time t runs at the rate of `time.monotonic()` while the episode runs, stops while
 paused, and jumps on "next interaction". Every frame's record pairs t with `shown`, the monotonic time
 right after the flip; both processes read the same system-wide CLOCK_MONOTONIC, so the control loop
-aligns a camera frame taken at monotonic time m with the stimulus by `StimulusSubscriber.state_at(m)`.
+aligns a camera frame taken at monotonic time m with the stimulus by `StimulusSubscriber.sample_at(m)`
+(through robot/rig_builder.py's `DisplayStimulus`, which converts the session clock to monotonic time).
 (`shown` is when the frame was handed to the display; the panel's own latency, typically 5-20 ms, comes
 on top and is the same for every frame.)
 """

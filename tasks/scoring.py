@@ -1,9 +1,11 @@
 """Scoring of pointing interactions from a log of arm samples (simulated or live; no sim dependency).
 
 Definitions (the same for the scripted operator, sim evaluation and live trials):
-- The arm POINTS at a target when its flange comes within `tolerance` of the target's stored position
-  and stays there for `dwell` seconds. The pointing starts when it arrives (`enter`) and is confirmed
-  `dwell` later (`confirmed`). Samples are treated as a zero-order hold (the 10 Hz state log).
+- The arm POINTS at a target when consecutive samples of the log (the 10 Hz state log) have its flange
+  within `tolerance` of the target's stored position for at least `dwell` seconds. The pointing starts
+  at the first of those samples (`enter`) and is confirmed at the first of them at or after
+  enter + dwell (`confirmed`, a sample time). Only samples count: a run whose last in-tolerance sample
+  comes before enter + dwell is no pointing, even if the arm left only after that sample.
 - Interaction i (onset, deadline) SUCCEEDS if the first pointing that starts at or after the onset
   and is confirmed by the deadline is at the expected target. An arm still resting at a target from
   before the onset does not count: it has to leave and come back (the operator returns home between

@@ -12,35 +12,13 @@ not know whether a person, a script or a network drives the arm.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from robot.fr3_kinematics import Q_MAX, Q_MIN
+from robot.teleop.motion import MinJerkTrajectory
 from tasks.targets import TargetSet
-
-
-def min_jerk(s: float) -> float:
-    """Minimum-jerk time scaling: 0 -> 1 with zero velocity and acceleration at both ends (s in [0, 1])."""
-    s = min(max(s, 0.0), 1.0)
-    return s**3 * (10.0 - 15.0 * s + 6.0 * s**2)
-
-
-@dataclass
-class _Segment:
-    """A minimum-jerk joint motion from q0 (at t0) to q1 (at t0 + duration)."""
-
-    t0: float
-    duration: float
-    q0: np.ndarray
-    q1: np.ndarray
-
-    def at(self, t: float) -> np.ndarray:
-        return self.q0 + (self.q1 - self.q0) * min_jerk((t - self.t0) / self.duration)
-
-    def end(self) -> float:
-        return self.t0 + self.duration
 
 
 def _uniform(rng: np.random.Generator, r: Sequence[float]) -> float:
@@ -83,19 +61,34 @@ class ScriptedOperator:
         self.max_joint_speed = float(max_joint_speed)
         self.reset()
 
+    @classmethod
+    def from_config(cls, teleop_cfg: Mapping[str, Any], targets: TargetSet,
+                    label_to_target: Mapping[int, str] | Sequence[str], seed: int, dwell: float,
+                    speed_factor: float = 1.0) -> ScriptedOperator:
+        """The operator of configs/teleop/scripted.yaml for episode `seed`. It aims to have a pointing confirmed
+        (arrival + the scoring's `dwell`) `deadline_margin` before the deadline; its peak joint speed is
+        `max_joint_speed` times `speed_factor`."""
+        tc = teleop_cfg
+        return cls(targets, label_to_target, seed=seed, reaction_time=tuple(tc["reaction_time"]),
+                   move_time=tuple(tc["move_time"]), min_move_time=tc["min_move_time"],
+                   hold_time=tuple(tc["hold_time"]), return_time=tuple(tc["return_time"]),
+                   joint_noise=tc["joint_noise"], finish_margin=float(dwell) + float(tc["deadline_margin"]),
+                   gripper_width=tc["gripper_width"], max_joint_speed=float(tc["max_joint_speed"]) * float(speed_factor))
+
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.seed)
         self._handled: set[int] = set()
         self._pending: tuple[int, float] | None = None  # (interaction, time the reaction completes)
-        self._segment: _Segment | None = None
+        self._motion: MinJerkTrajectory | None = None  # the joint motion under way, started at _motion_t0
+        self._motion_t0 = 0.0
         self._return_at: float | None = None
         self._q = None  # last commanded joints
 
     def _start(self, t: float, goal: np.ndarray, duration: float) -> None:
-        # a min-jerk motion peaks at 1.875x its mean speed: never faster than max_joint_speed (the arm's
-        # safety checks allow 0.1 rad per 0.1 s step)
-        slowest = 1.875 * float(np.abs(goal - self._q).max()) / self.max_joint_speed
-        self._segment = _Segment(t, max(duration, slowest, 1e-3), self._q.copy(), goal)
+        # lengthened if needed so that its peak stays at max_joint_speed (the arm's safety checks allow
+        # 0.1 rad per 0.1 s step)
+        self._motion = MinJerkTrajectory(self._q.copy(), goal, self.max_joint_speed, min_duration=max(duration, 1e-3))
+        self._motion_t0 = t
 
     def _noisy(self, q: np.ndarray) -> np.ndarray:
         return np.clip(q + self.rng.normal(0.0, self.joint_noise, 7), Q_MIN, Q_MAX)
@@ -106,8 +99,8 @@ class ScriptedOperator:
         if self._q is None:
             # start from where the arm is (it is brought home before the episode)
             self._q = np.asarray(observation["state"][:7], dtype=np.float64).copy()
-        if self._segment is not None:
-            self._q = self._segment.at(t)  # new motions start where the current one is now
+        if self._motion is not None:
+            self._q = self._motion.sample(t - self._motion_t0)  # new motions start where the current one is now
 
         # perceive: a new interaction starts the reaction clock
         new = stim.interaction >= 0 and stim.label >= 0 and stim.interaction not in self._handled
@@ -124,12 +117,12 @@ class ScriptedOperator:
                 if stim.time_to_deadline >= 0:
                     duration = min(duration, stim.time_to_deadline - self.finish_margin)
                 self._start(t, goal, max(duration, self.min_move_time))
-                self._return_at = self._segment.end() + _uniform(self.rng, self.hold_time)
+                self._return_at = self._motion_t0 + self._motion.duration + _uniform(self.rng, self.hold_time)
         # after holding: back home
         if self._return_at is not None and t >= self._return_at:
             self._return_at = None
             self._start(t, self._noisy(self.targets.home.q), _uniform(self.rng, self.return_time))
 
-        if self._segment is not None:
-            self._q = self._segment.at(t)
+        if self._motion is not None:
+            self._q = self._motion.sample(t - self._motion_t0)
         return np.concatenate([self._q, [self.gripper_width]]).astype(np.float32)

@@ -93,6 +93,25 @@ def plot_results(path: Path, title: str, summary: dict[str, Any], results: list[
     plt.close(fig)
 
 
+def untrained_checkpoint(path: Path, calibration: str, model: str = "tiny") -> Path:
+    """Save (at `path`) an untrained MOSS policy of the `model` preset (configs/model/) whose action range is
+    a 1 cm box around the home pose of the targets file `calibration`, so that its targets pass the arm's
+    safety checks: useless at the task, fine for timing and testing the real-time loop. Returns its path."""
+    from omegaconf import OmegaConf
+
+    from moss_vla.paths import CONFIG_DIR
+    from moss_vla.policy import make_policy
+    from tasks.targets import load_targets
+
+    home = load_targets(str(calibration)).home.q
+    lo, hi = np.concatenate([home - 0.01, [0.0]]), np.concatenate([home + 0.01, [0.001]])
+    one = {"mean": ((lo + hi) / 2).tolist(), "std": ((hi - lo) / 2).tolist(), "min": lo.tolist(), "max": hi.tolist()}
+    torch.manual_seed(0)
+    policy = make_policy(OmegaConf.load(CONFIG_DIR / "policy" / "moss.yaml"),
+                         OmegaConf.load(CONFIG_DIR / "model" / f"{model}.yaml"), {"state": one, "action": one})
+    return policy.save_pretrained(path)
+
+
 def load_policy(cfg: DictConfig, command: str) -> Any:
     """The policy of `cfg.checkpoint` in eval mode, or a clear error naming the missing directory."""
     from moss_vla.policy import MossVLAPolicy

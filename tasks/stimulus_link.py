@@ -126,18 +126,21 @@ class StimulusSubscriber:
         s = self.latest_sample()
         return None if s is None else s.state
 
-    def state_at(self, mono: float) -> StimulusState | None:
-        """Stimulus state of the frame that was on screen at monotonic time `mono` (the last frame shown
-        at or before it), from the kept history; None if `mono` is older than the history."""
+    def sample_at(self, mono: float) -> StimulusSample | None:
+        """The frame that was on screen at monotonic time `mono` (the last frame shown at or before it), from
+        the kept history; None if `mono` is older than the history. The one lookup of what a camera frame
+        showed: the live rig's DisplayStimulus (robot/rig_builder.py) uses it."""
         with self._cond:
+            # newest first: the control loop asks about the last frames (a scan of a few samples)
             for s in reversed(self._history):
                 if s.shown <= mono:
-                    return s.state
+                    return s
         return None
 
-    def history(self) -> list[StimulusSample]:
-        with self._cond:
-            return list(self._history)
+    def state_at(self, mono: float) -> StimulusState | None:
+        """Stimulus state of the frame on screen at monotonic time `mono` (see `sample_at`)."""
+        s = self.sample_at(mono)
+        return None if s is None else s.state
 
     def wait_for(self, predicate: Callable[[StimulusSample], bool] | None = None,
                  timeout: float = 5.0) -> StimulusSample | None:

@@ -75,7 +75,7 @@ def source(action):
 @pytest.mark.parametrize("lead", [1, 2, 3])
 def test_chunk_from_step_s_supplies_step_s_plus_j_and_frames_arrive_in_order(lead):
     fake = FakePolicy()
-    with AsyncChunkPlanner(fake, lead=lead) as planner:
+    with AsyncChunkPlanner(fake, lead=lead, max_late_streak=10) as planner:
         planner.reset()
         got = []
         for k in range(30):
@@ -99,7 +99,7 @@ def test_chunk_from_step_s_supplies_step_s_plus_j_and_frames_arrive_in_order(lea
 def test_slow_plan_drops_elapsed_actions_then_holds_the_last_action_and_counts_it():
     fake = FakePolicy()
     fake.gates = {0: threading.Event(), 6: threading.Event()}
-    with AsyncChunkPlanner(fake, lead=2) as planner:
+    with AsyncChunkPlanner(fake, lead=2, max_late_streak=10) as planner:
         planner.reset()
         got = [source(planner.select_action(obs(k))) for k in range(4)]
         assert got == [None] * 4  # the first plan is blocked: the starting state is held, no waiting
@@ -144,7 +144,7 @@ def test_worker_failures_surface_in_the_main_thread_until_reset(failure):
 
         fake = FakePolicy(nan_at_6)
         match = "failed at step 6: non-finite action in the chunk planned from step 6"
-    with AsyncChunkPlanner(fake, lead=2) as planner:
+    with AsyncChunkPlanner(fake, lead=2, max_late_streak=10) as planner:
         planner.reset()
         for k in range(7):
             planner.select_action(obs(k))
@@ -169,7 +169,7 @@ def test_worker_exception_ends_the_control_loop_with_reason_controller():
     corners, raw = [[40, 20], [280, 30], [275, 160], [45, 165]], (180, 320)
     camera = SimCamera(lambda t: np.zeros((90, 160, 3), np.uint8), clock, corners, raw_size=raw)
     arm = SimArm(clock, Q_READY)
-    with AsyncChunkPlanner(fake, lead=2) as planner:
+    with AsyncChunkPlanner(fake, lead=2, max_late_streak=10) as planner:
         planner.reset()
         loop = ControlLoop(clock, camera, DisplayCrop(corners, (32, 32), raw), arm, planner, "point")
         # waiting for the worker after each step makes the step the error shows up at deterministic
@@ -183,7 +183,7 @@ def test_worker_exception_ends_the_control_loop_with_reason_controller():
 def test_reset_cancels_the_pending_plan_and_the_queued_frames():
     fake = FakePolicy()
     fake.gates = {0: threading.Event()}
-    with AsyncChunkPlanner(fake, lead=2) as planner:
+    with AsyncChunkPlanner(fake, lead=2, max_late_streak=10) as planner:
         planner.reset()
         for k in range(3):  # plan 0 blocks the worker; frames 1 and 2 wait behind it
             planner.select_action(obs(k))
@@ -207,7 +207,7 @@ def test_a_tiny_policy_through_the_planner_matches_its_own_observe_and_plan(one_
     reference.eval()
     images = frames(20)
     state = np.linspace(-0.5, 0.5, 8, dtype=np.float32)
-    with AsyncChunkPlanner(policy, lead=2) as planner:
+    with AsyncChunkPlanner(policy, lead=2, max_late_streak=10) as planner:
         planner.reset()
         got = []
         for im in images:
@@ -252,8 +252,13 @@ def test_make_controller_follows_the_planner_config():
     finally:
         wrapped.close()
     step_by_step = SimpleNamespace(reset=lambda: None, select_action=lambda o: STATE)  # nothing to plan
-    assert make_controller(step_by_step, {"mode": "async"}) is step_by_step
+    assert make_controller(step_by_step, {"mode": "async", "lead": 2, "max_late_streak": 10}) is step_by_step
     with pytest.raises(ValueError, match="planner.mode"):
         make_controller(fake, {"mode": "threads"})
+    # configs/trial.yaml is the one source of the planner's settings: none is defaulted in code
+    with pytest.raises(ValueError, match=r"planner config: missing keys \['lead', 'max_late_streak'\].*trial.yaml"):
+        make_controller(fake, {"mode": "async"})
+    with pytest.raises(ValueError, match=r"planner config: missing keys \['mode'\]"):
+        make_controller(fake, None)
     with pytest.raises(ValueError, match="lead must be in"):
-        AsyncChunkPlanner(fake, lead=9)
+        AsyncChunkPlanner(fake, lead=9, max_late_streak=10)

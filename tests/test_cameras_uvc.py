@@ -170,4 +170,7 @@ def test_factory_builds_uvc_from_the_config(sbs_video):
     cam = make_camera(cfg)
     assert isinstance(cam, UvcCamera)
     assert cam.read().image.shape == (90, 160, 3)
+    assert cam.time_base == "recorded"  # a file's stream positions, not the wall clock of a session
     cam.close()
+    with UvcCamera(str(sbs_video), timestamps="wall") as cam:
+        assert cam.time_base == "unix"

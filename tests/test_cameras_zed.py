@@ -58,6 +58,9 @@ def make_fake_sl(drop: set[int] = frozenset(), fail_after: int | None = None, gr
         def set_from_serial_number(self, serial):
             self.serial = serial
 
+        def set_from_svo_file(self, path):
+            self.svo = path
+
     class RuntimeParameters:
         pass
 
@@ -219,4 +222,14 @@ def test_factory_builds_zed_from_the_config(fake_sdk):
     assert isinstance(cam, ZedCamera)
     assert sl.Camera.instances[0].opened_with.camera_fps == 30
     assert cam.read().image.shape == (H, W, 3)
+    assert cam.time_base == "unix"  # the SDK's image time of a live camera
+    cam.close()
+
+
+def test_an_svo_file_plays_with_its_recorded_timestamps(fake_sdk, tmp_path):
+    fake_sdk()
+    svo = tmp_path / "take.svo"
+    svo.write_bytes(b"")
+    cam = ZedCamera(svo_file=str(svo), background=False)
+    assert cam.time_base == "recorded"
     cam.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -64,6 +65,8 @@ def test_publisher_subscriber_and_commands_over_loopback():
         # the frame on screen at a given monotonic time is the last one shown before it
         assert sub.state_at(base + 5.5 / 60).t == pytest.approx(5 / 60)
         assert sub.state_at(base - 1.0) is None
+        assert sub.sample_at(base + 5.5 / 60).frame == 5 and sub.sample_at(base + 5 / 60).frame == 5
+        assert sub.sample_at(base + 1.0).frame == 19 and sub.sample_at(base - 1.0) is None
         pub.close()
     # nobody listening: publishing must neither block nor raise
     lonely = StimulusPublisher(port=sub.port)
@@ -182,3 +185,35 @@ def test_display_process_reports_bad_configs(tmp_path):
     with pytest.raises(RuntimeError, match="display.index"):  # the driver fails: its error is reported
         disp.start(timeout=15.0)
     assert disp.proc.poll() is not None
+
+
+def test_the_control_loop_looks_up_the_stimulus_through_the_subscriber(monkeypatch):
+    """robot.rig_builder.DisplayStimulus (the live loop's `stimulus` and the arm log's stimulus times) uses
+    StimulusSubscriber.sample_at, on the session clock: one lookup, tested here through the class the loop
+    uses."""
+    from robot.clock import RealClock
+    from robot.rig_builder import DisplayStimulus
+
+    with StimulusSubscriber() as sub:
+        pub = StimulusPublisher(port=sub.port)
+        clock = RealClock()
+        base = clock.t0 + 10.0  # session time 10 s
+        for i, status in enumerate([RUNNING] * 6 + ["done"]):
+            st = StimulusState(t=i / 60, label=0, phase=2, xy=(0.5, 0.5), interaction=0, time_to_deadline=1.0)
+            pub.publish(StimulusSample(st, shown=base + i / 60, frame=i, status=status, episode=0, seed=3,
+                                       task="movesense_lr", cmd_port=1, received=0.0))
+        deadline = time.monotonic() + 2.0
+        while sub.n_received < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        calls = []
+        lookup = sub.sample_at
+        monkeypatch.setattr(sub, "sample_at", lambda mono: calls.append(mono) or lookup(mono))
+        display = SimpleNamespace(subscriber=sub, seed=3)
+        stim = DisplayStimulus(display, OmegaConf.load(CONFIG_DIR / "task" / "movesense_lr.yaml"), clock)
+        assert stim.state_at(10.0 + 2.5 / 60).t == pytest.approx(2 / 60)
+        assert stim.state_at(9.0) is None  # before the first frame shown
+        # between two running frames the stimulus time runs on with the clock
+        assert stim.stim_time(10.0 + 2.5 / 60) == pytest.approx(2.5 / 60)
+        assert stim.stim_time(11.0) == pytest.approx(6 / 60)  # "done": held at the last frame's time
+        assert calls == pytest.approx([base + 2.5 / 60, base - 1.0, base + 2.5 / 60, base + 1.0])
+        pub.close()

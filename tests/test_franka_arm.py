@@ -227,6 +227,9 @@ def test_from_config(franky):
     assert arm.ip == "127.0.0.1" and arm.relative_dynamics_factor == cfg.relative_dynamics_factor
     assert arm.safety.limits.mode == cfg.safety.mode
     np.testing.assert_allclose(arm.safety.limits.workspace_min, list(cfg.safety.workspace_min))
+    cfg.control_hz = 10  # no arm config has it (the rate is rig.period): a clear error, not silently dropped
+    with pytest.raises(ValueError, match=r"arm config: unknown keys \['control_hz'\]"):
+        FrankaArm.from_config(cfg)
 
 
 def test_connection_refused_with_the_real_franky_client():

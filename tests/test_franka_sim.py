@@ -4,11 +4,13 @@ franky-sim serves one client at a time on TCP 1337 (arm) and 1338 (gripper), so 
 server and one FrankaArm. Numbers measured here are printed (pytest -s) and quoted in the README.
 """
 
+import re
 import time
 
 import numpy as np
 import pytest
 
+from robot.fr3_kinematics import forward_kinematics
 from robot.franka_arm import ArmError, FrankaArm, UnsafeTargetError
 from robot.safety import SafetyChecker, SafetyLimits
 from robot.teleop.motion import MinJerkTrajectory
@@ -76,22 +78,55 @@ def test_follows_a_stream_of_10hz_targets(arm):
     assert arm.state().gripper_width == pytest.approx(0.07, abs=0.005)
 
 
+def settle_at(arm: FrankaArm, q: np.ndarray, timeout: float = 5.0) -> np.ndarray:
+    """Bring the arm to q with move_to (joint-limit and workspace checks, no step limit) and wait until
+    franky-sim's joints are there; returns the measured position."""
+    arm.move_to(q)
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end and np.abs(arm.state().q - q).max() > 0.005:
+        time.sleep(0.05)
+    measured = arm.state().q
+    assert np.abs(measured - q).max() <= 0.005, f"franky-sim did not settle at {q}: {measured}"
+    return measured
+
+
+def with_joint(q: np.ndarray, j: int, value: float) -> np.ndarray:
+    q = q.copy()
+    q[j] = value
+    return q
+
+
 def test_rejects_unsafe_targets_before_sending(arm):
-    arm.stop()  # a new stream: steps are measured from the measured position
-    q0 = arm.state().q
-    n_sent = arm.n_sent
-    beyond = q0.copy()
-    beyond[0] = 2.74  # inside the hard limit 2.7437, inside the 0.05 margin ... and a huge step
-    big_step = q0 + np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.3])
-    into_table = q0 + np.array([0.0, 1.0, 0.0, 1.2, 0.0, 0.0, 0.0])
-    for bad in (beyond, big_step, into_table, np.full(7, np.nan)):
-        with pytest.raises(UnsafeTargetError):
-            arm.command(bad)
-    assert arm.n_sent == n_sent, "an unsafe target reached franky"
-    time.sleep(0.3)
-    # nothing moved towards the rejected targets (0.3-1.2 rad away); the arm only settles in place
-    np.testing.assert_allclose(arm.state().q, q0, atol=0.02)
-    assert not arm.robot.is_in_control
+    """Each target fails exactly one check, approached from a nearby pose so that no other check (the
+    step limit above all) is what blocks it; nothing reaches franky."""
+    q_high7 = arm.safety.limits.q_high[6]  # 3.0159 - 0.05
+    x_min = arm.safety.limits.workspace_min[0]  # 0.15 m
+    # joint 1 turns the flange (0.554 m from the base axis here) sideways: x = 0.17 m at 1.26 rad, 0.13 at 1.33
+    cases = [
+        ("joint limit", with_joint(SIM_START_Q, 6, q_high7 - 0.03),
+         lambda q: with_joint(q, 6, q_high7 + 0.03), rf"joint 7 target {q_high7 + 0.03:.3f} outside"),
+        ("step", SIM_START_Q, lambda q: with_joint(q, 6, q[6] + 0.3), r"step of joint 7 is \+0\.300 rad"),
+        ("workspace", with_joint(SIM_START_Q, 0, 1.26), lambda q: with_joint(q, 0, 1.33),
+         r"leaves the workspace box .*\(x=0\.1[34]\d\)"),
+        ("non-finite", SIM_START_Q, lambda q: np.full(7, np.nan), r"target must be 7 finite joint positions"),
+    ]
+    arm.stop()
+    for name, near, unsafe, violation in cases:
+        q0 = settle_at(arm, near)
+        target = unsafe(q0)
+        if name == "workspace":
+            assert not arm.safety.workspace_violations(q0) and forward_kinematics(target)[0, 3] < x_min
+        n_sent = arm.n_sent
+        with pytest.raises(UnsafeTargetError) as info:
+            arm.command(target)
+        assert len(info.value.violations) == 1, (name, info.value.violations)
+        assert re.search(violation, info.value.violations[0]), (name, info.value.violations[0])
+        assert arm.n_sent == n_sent, f"{name}: an unsafe target reached franky"
+        time.sleep(0.2)
+        # nothing moved towards the rejected target (0.06-0.3 rad away); the arm only settles in place
+        np.testing.assert_allclose(arm.state().q, q0, atol=0.01)
+        assert not arm.robot.is_in_control
+    settle_at(arm, SIM_START_Q)
 
 
 def test_dry_run_logs_and_does_not_move(arm):

@@ -87,12 +87,15 @@ def test_camera_stall_on_a_frozen_frame_and_on_old_frames():
     # frames 1..5 are new (steps 0..4), then the same frame: stall once 0.35 s passed without a new one
     assert res.reason == "camera_stall" and res.n_steps == 9
     assert res.frames_captured == 5  # the camera delivered 5 distinct frames for 9 steps
+    assert res.message == "no new camera frame for 0.40 s (stall_timeout 0.35 s; last frame index 5)"
 
     clock = SimClock()
     loop, _ = make(clock, Controller())
     aged = CameraStall(0.5, clock.now, frame_age=lambda info: 0.2 * info.index)  # age grows with the step
     res = loop.run(duration=5.0, stop_conditions=[aged])
     assert res.reason == "camera_stall" and res.n_steps == 4
+    # the stop says what was measured: the age of the frame (0.2 * step 3)
+    assert res.message == "camera frame 4 is 0.600 s old when the step starts (stall_timeout 0.5 s)"
 
 
 def test_missed_deadline_streak_stops_the_loop():

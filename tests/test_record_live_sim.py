@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from moss_vla.episodes import EpisodeStore
 from moss_vla.episodes.check import check_store
@@ -74,3 +75,104 @@ def test_stop_key_on_the_display_stops_everything_and_keeps_the_store_consistent
     store = EpisodeStore(out)
     assert store.n_episodes == 0 and check_store(out).ok
     assert rigs[0].display.proc.poll() is not None  # the display process is gone
+
+
+def test_a_crashed_display_exits_1_not_the_user_stop_code_130(tmp_path, monkeypatch):
+    from robot import session
+
+    real = session.run_live_episode
+
+    def crash_display(rig, *args, **kwargs):
+        def kill(info):
+            if info.index == 5:  # the display process dies mid-episode (SIGKILL: exit code -9)
+                rig.display.proc.kill()
+
+        return real(rig, *args, on_step=kill, **kwargs)
+
+    monkeypatch.setattr(session, "run_live_episode", crash_display)
+    code = main(["camera=sim", "arm=sim", "teleop=scripted", f"out={tmp_path / 'rec.zarr'}", "episodes=2",
+                 f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    report = json.loads(max(tmp_path.glob("record_*.json")).read_text())
+    assert report["stopped"] == "display_lost" and len(report["episodes"]) == 1
+    assert code == 1  # 130 is for the operator's stop key / Ctrl-C only
+
+
+def counting_keyboards(monkeypatch) -> list:
+    """Every keyboard teleop device the session makes (pygame's dummy video driver: no real window)."""
+    from robot.teleop import keyboard
+
+    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    monkeypatch.setenv("SDL_AUDIODRIVER", "dummy")
+    made = []
+
+    class Counting(keyboard.Keyboard):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.n_closed = 0
+            made.append(self)
+
+        def close(self):
+            self.n_closed += 1
+            super().close()
+
+    monkeypatch.setattr(keyboard, "Keyboard", Counting)
+    return made
+
+
+def test_one_teleop_device_per_session_closed_at_the_end(tmp_path, monkeypatch):
+    made = counting_keyboards(monkeypatch)
+    # nobody touches the keys: the arm holds home, the episodes run to their end
+    cfg = compose_config(["teleop=keyboard", f"out={tmp_path / 'rec.zarr'}", "episodes=2", f"log_dir={tmp_path}",
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    report = record(cfg)
+    assert [e["end_reason"] for e in report["episodes"]] == ["episode_done", "episode_done"]
+    assert len(made) == 1 and made[0].n_closed == 1
+
+
+def test_the_teleop_device_is_closed_when_an_episode_raises(tmp_path, monkeypatch):
+    from robot import session
+
+    made = counting_keyboards(monkeypatch)
+    real, calls = session.run_live_episode, []
+
+    def second_one_raises(*args, **kwargs):
+        calls.append(args[1])  # the controller
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(session, "run_live_episode", second_one_raises)
+    cfg = compose_config(["teleop=keyboard", f"out={tmp_path / 'rec.zarr'}", "episodes=3", f"log_dir={tmp_path}",
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    with pytest.raises(RuntimeError, match="boom"):
+        record(cfg)
+    assert calls[0] is calls[1]  # the same teleoperator in both episodes
+    assert len(made) == 1 and made[0].n_closed == 1
+
+
+def test_a_camera_with_recorded_timestamps_is_refused_naming_camera_type(tmp_path):
+    """A replayed store carries the timestamps of its recording (session-relative for a sim recording): they
+    cannot be matched with what the display shows now, so the live rig refuses it at start, instead of
+    stopping every episode at step 0 (camera_stall)."""
+    from tasks.sim_cli import collect
+    from tasks.sim_cli import compose_config as sim_config
+
+    store = tmp_path / "sim.zarr"
+    assert collect(sim_config([f"out={store}", "episodes=1", *SHORT]))["store_check"] == "ok"
+    cfg = compose_config(["camera=replay", f"camera.path={store}", f"out={tmp_path / 'rec.zarr'}", "episodes=1",
+                          f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", *SHORT])
+    with pytest.raises(ValueError, match=r"camera.type='replay'.*recorded") as info:
+        record(cfg)
+    assert "moss-replay" in str(info.value)
+
+
+def test_the_rig_tail_and_camera_timeout_are_the_live_sessions_too(tmp_path):
+    """One key per setting: configs/rig/sim.yaml's `tail` and `camera_timeout` (the live default of the tail,
+    0.5 s, is set in configs/record.yaml)."""
+    assert compose_config([]).rig.tail == 0.5 and compose_config([]).rig.camera_timeout == 1.0
+    cfg = compose_config([f"out={tmp_path / 'rec.zarr'}", "episodes=1", "rig.tail=2.0", f"log_dir={tmp_path}",
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+    assert "tail" not in cfg.loop and "camera_timeout" not in cfg.loop
+    loop = record(cfg)["episodes"][0]["loop"]
+    # the display's episode lasts 3.0 s; the loop kept recording 2 s after its end
+    assert loop["reason"] == "episode_done" and loop["duration_s"] > 3.0 + 2.0 - 0.4

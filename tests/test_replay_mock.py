@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from test_trial_live_sim import tiny_checkpoint
 
 from moss_vla.episodes import EpisodeStore, EpisodeWriter
 from robot.mock_arm import ReplayArm
 from robot.replay_cli import main
 from robot.safety import SafetyChecker, UnsafeTargetError
 from tasks.sim_cli import collect, compose_config
+from tasks.sim_eval import untrained_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_a_recorded_jump_is_caught_by_the_arm_safety_checks(store, tmp_path):
 
 
 def test_policy_open_loop_reports_action_error_and_latency(store, tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = untrained_checkpoint(tmp_path / "ckpt", "movesense_lr.yaml", "tiny")
     out = tmp_path / "p.json"
     assert main([f"store={store}", f"checkpoint={ckpt}", "realtime=false", f"out={out}", "progress=false"]) == 0
     r = json.loads(out.read_text())

@@ -8,7 +8,7 @@ from moss_vla.paths import CONFIG_DIR
 from robot.fr3_kinematics import ee_position
 from tasks import make_task
 from tasks.scoring import score_interactions
-from tasks.scripted_operator import ScriptedOperator, min_jerk
+from tasks.scripted_operator import ScriptedOperator
 from tasks.sim_rig import label_targets
 from tasks.targets import load_targets
 
@@ -59,11 +59,3 @@ def test_operator_is_deterministic_per_seed():
     c = run("pongpredict", seed=8)[4]
     np.testing.assert_array_equal(a, b)
     assert a.shape != c.shape or not np.array_equal(a, c)
-
-
-def test_min_jerk_profile():
-    assert min_jerk(0.0) == 0.0 and min_jerk(1.0) == 1.0 and min_jerk(0.5) == pytest.approx(0.5)
-    assert min_jerk(-1) == 0.0 and min_jerk(2) == 1.0
-    s = np.linspace(0, 1, 1001)
-    v = np.gradient([min_jerk(x) for x in s], s)
-    assert v.max() == pytest.approx(1.875, rel=1e-3) and v[0] < 1e-3 and v[-1] < 1e-3

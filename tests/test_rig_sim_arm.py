@@ -10,7 +10,7 @@ from robot.fr3_kinematics import DDQ_MAX, DQ_MAX, Q_MAX, Q_MIN, Q_READY
 from robot.interfaces import Arm
 from robot.safety import SafetyChecker, UnsafeTargetError
 from robot.sim_arm import SimArm
-from tasks.scripted_operator import min_jerk
+from robot.teleop.motion import min_jerk
 
 
 def test_sim_clock_moves_only_when_slept_on():
@@ -111,6 +111,22 @@ def test_safety_checker_rejects_unsafe_targets_before_moving():
     clock.sleep_until(1.0)
     np.testing.assert_allclose(arm.state().q, Q_READY, atol=1e-12)
     arm.command(Q_READY + 0.05)  # a small step is fine
+
+
+def test_from_config_takes_the_safety_checks_of_the_arm_config():
+    from omegaconf import OmegaConf
+
+    from moss_vla.paths import CONFIG_DIR
+
+    cfg = OmegaConf.load(CONFIG_DIR / "arm" / "sim.yaml")
+    cfg.safety.max_step = 0.03
+    arm = SimArm.from_config(cfg, SimClock(), Q_READY)
+    assert arm.omega == cfg.omega and arm.safety.limits.max_step.tolist() == [0.03] * 7
+    with pytest.raises(UnsafeTargetError, match="max 0.030"):
+        arm.command(Q_READY + 0.05)
+    del cfg["safety"]
+    with pytest.raises(ValueError, match=r"missing keys \['safety'\].*configs/arm/sim.yaml"):
+        SimArm.from_config(cfg, SimClock(), Q_READY)
 
 
 def test_dynamics_are_deterministic_and_independent_of_query_times():

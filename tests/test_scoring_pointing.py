@@ -109,3 +109,15 @@ def test_pointing_events_and_input_checks():
         pointing_events(times[::-1], pos, TARGETS, 0.05, 0.3)
     with pytest.raises(ValueError, match="flange positions"):
         pointing_events(times, pos[:, :2], TARGETS, 0.05, 0.3)
+
+
+def test_a_pointing_is_judged_on_the_samples_only():
+    """Confirmed at an in-tolerance SAMPLE at or after enter + dwell, not by holding the last sample: with
+    samples every 0.25 s, in tolerance at 1.0 and 1.25 and out at 1.5, the arm may have stayed until
+    just before 1.5 (> enter + dwell = 1.3), but no sample shows it there at 1.3 or later."""
+    times = np.arange(0.0, 3.0, 0.25)
+    pos = np.where(((times >= 1.0) & (times < 1.5))[:, None], TARGETS["left"], HOME)
+    assert pointing_events(times, pos, TARGETS, 0.05, 0.3) == []
+    pos = np.where(((times >= 1.0) & (times < 1.75))[:, None], TARGETS["left"], HOME)  # in at 1.5 as well
+    (ev,) = pointing_events(times, pos, TARGETS, 0.05, 0.3)
+    assert ev.enter == 1.0 and ev.confirmed == 1.5 and ev.leave == 1.75  # 1.5: the first sample >= 1.3

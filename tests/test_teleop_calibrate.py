@@ -80,6 +80,16 @@ def test_a_partial_session_keeps_the_previous_poses(tmp_path, capsys):
     assert "stored red_cup" in capsys.readouterr().out
 
 
+def test_the_sim_arm_runs_the_safety_checks_of_its_config(tmp_path, capsys):
+    """arm=sim checks every target against configs/arm/sim.yaml's safety block, like the real arm: here a
+    smaller step limit than the snap's peak (0.06 rad per step) refuses the snap to left_bowl."""
+    script = {1: press(pygame.K_1), 40: press(pygame.K_ESCAPE)}
+    calibrate_targets(["task=movesense_lr", "arm=sim", "teleop=keyboard", f"out={tmp_path / 't.yaml'}",
+                       "arm.safety.max_step=0.03"], clock=SimClock(), max_steps=50, on_step=scripted_keys(script))
+    log = capsys.readouterr().out
+    assert "refused: unsafe joint target: step of joint" in log and "(max 0.030)" in log
+
+
 def test_recorder_selection_and_completeness():
     rec = TargetRecorder(["home", "a", "b"])
     assert rec.current == "home" and not rec.complete

@@ -24,7 +24,9 @@ TARGETS = {n: t.q for n, t in load_targets("movesense_lr").targets.items()}  # h
 
 @pytest.fixture(autouse=True)
 def clean_event_queue():
-    pygame.init()
+    # the video system only, like the devices: the audio mixer's SDL thread (nice -20 as root) would stay in
+    # this process and starve the real-time tests that run after these
+    pygame.display.init()
     pygame.event.clear()
     yield
     if pygame.display.get_init():
@@ -49,6 +51,7 @@ def test_min_jerk_profile():
     assert abs(v[0]) < 1e-2 and abs(v[-1]) < 1e-2
     assert v.max() == pytest.approx(MIN_JERK_PEAK, rel=1e-3)
     assert np.all(np.diff(s) >= 0)
+    assert min_jerk(-1.0) == 0.0 and min_jerk(2.0) == 1.0 and min_jerk(0.5) == pytest.approx(0.5)  # clipped
 
 
 def test_min_jerk_trajectory_respects_the_peak_speed():
@@ -229,6 +232,22 @@ def test_gamepad_config_errors_and_deadzone():
     if pygame.joystick.get_count() == 0:
         with pytest.raises(RuntimeError, match="teleop=keyboard"):
             Gamepad(["a"])
+
+
+def test_devices_start_only_the_pygame_parts_they_use():
+    """Not the audio mixer: as root SDL runs its audio thread at nice -20, and in the control process it
+    starved the 10 Hz loop on a loaded machine (steps of 0.5-3.5 s, camera stalls)."""
+    pygame.quit()
+    Keyboard(["a"], window=False)
+    assert pygame.display.get_init() and not pygame.mixer.get_init()
+    pygame.quit()
+    pygame.joystick.init()
+    if pygame.joystick.get_count() == 0:  # no pad here: the constructor fails after initialising pygame
+        with pytest.raises(RuntimeError, match="not found"):
+            Gamepad(["a"])
+    else:
+        Gamepad(["a"]).close()
+    assert pygame.display.get_init() and not pygame.mixer.get_init()
 
 
 # --- in the one control loop -----------------------------------------------------------------------------------

@@ -5,33 +5,17 @@ safely with the reason recorded."""
 import json
 
 import numpy as np
-import torch
-from omegaconf import OmegaConf
 
-from moss_vla.paths import CONFIG_DIR
-from moss_vla.policy import make_policy
 from robot.record_cli import compose_config
 from robot.trial_cli import main, run_trials
-from tasks.targets import load_targets
+from tasks.sim_eval import untrained_checkpoint
 
 SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]",
          "progress=false"]
 
 
-def tiny_checkpoint(path):
-    """An untrained tiny-preset policy whose action range is a 1 cm box around the home pose (so its
-    targets pass the arm's safety checks); fine for the loop, useless at the task."""
-    home = load_targets("movesense_lr.yaml").home.q
-    lo, hi = np.concatenate([home - 0.01, [0.0]]), np.concatenate([home + 0.01, [0.001]])
-    one = {"mean": ((lo + hi) / 2).tolist(), "std": ((hi - lo) / 2).tolist(), "min": lo.tolist(), "max": hi.tolist()}
-    torch.manual_seed(0)
-    policy = make_policy(OmegaConf.load(CONFIG_DIR / "policy" / "moss.yaml"),
-                         OmegaConf.load(CONFIG_DIR / "model" / "tiny.yaml"), {"state": one, "action": one})
-    return policy.save_pretrained(path)
-
-
 def test_trial_cli_runs_a_checkpoint_and_writes_the_results(tmp_path):
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = untrained_checkpoint(tmp_path / "ckpt", "movesense_lr.yaml", "tiny")
     out = tmp_path / "trials"
     # CI machines are shared: a streak of missed deadlines must not end this test's episode (that stop is
     # tested in test_loop_stop_conditions.py; benchmarks/loop_bench.py measures the timing)
@@ -85,3 +69,13 @@ def test_policy_exception_and_non_finite_action_end_the_trial_with_the_reason(tm
     assert report["overall"]["failures"] == {"stopped:controller": 1, "stopped:safety": 1}
     for e in report["episode_log"]:
         assert e["loop"]["n_steps"] == 5  # the arm was stopped at the faulty step, nothing was sent
+
+
+def test_exit_code_is_130_only_for_a_user_stop(monkeypatch):
+    from robot import trial_cli
+    from tasks.sim_eval import summarize
+
+    for stopped, code in ((None, 0), ("stop_key", 130), ("interrupted", 130), ("display_lost", 1)):
+        report = {"task": "movesense_lr", "trials": 0, "stopped": stopped, "eval_dir": "/tmp/x", **summarize([], [])}
+        monkeypatch.setattr(trial_cli, "run_trials", lambda cfg, r=report: r)
+        assert trial_cli.main(["checkpoint=/nonexistent"]) == code, stopped

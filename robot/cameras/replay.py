@@ -21,6 +21,7 @@ class ReplayCamera:
     """Plays the `image`/`timestamp` arrays of episodes of an `EpisodeStore` as a Camera."""
 
     name = "replay"
+    time_base = "recorded"  # the stored timestamps, on whatever clock the recording used
 
     def __init__(
         self,

@@ -70,6 +70,8 @@ class UvcCamera(GrabberCamera):
             raise CameraError(f"UVC camera: camera.timestamps must be auto, stream or wall, got {timestamps!r}")
         self.stereo = stereo
         self.timestamps = timestamps
+        # stream positions count from when the stream was opened (a file's presentation times): not Unix time
+        self.time_base = "unix" if timestamps == "wall" else "recorded"
         cap = cv2.VideoCapture(device, _BACKENDS[backend])
         if not cap.isOpened():
             cap.release()

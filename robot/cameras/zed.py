@@ -70,6 +70,8 @@ class ZedCamera(GrabberCamera):
             )
         super().__init__(fps=fps, grab_fps=grab_fps, background=background, grab_timeout=grab_timeout,
                          clock=clock)
+        # the SDK's image time: Unix time of the capture, or of the recording when playing an SVO file
+        self.time_base = "recorded" if svo_file is not None else "unix"
         sl = import_sdk()
         self._sl = sl
         try:

@@ -54,8 +54,10 @@ class Gamepad:
         joystick: Any = None,
     ) -> None:
         if joystick is None:
-            if not pygame.get_init():
-                pygame.init()
+            # the event queue needs the video system; not pygame.init(), which also starts the audio mixer
+            # (its SDL thread, nice -20 as root, starved the control loop in the same process)
+            if not pygame.display.get_init():
+                pygame.display.init()
             pygame.joystick.init()
             n = pygame.joystick.get_count()
             if n <= index:

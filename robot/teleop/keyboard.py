@@ -46,9 +46,9 @@ class Keyboard:
         window: bool = True,
         window_size: tuple[int, int] = (480, 160),
     ) -> None:
-        if not pygame.get_init():
-            pygame.init()
-        if not pygame.display.get_init():  # key names and the event queue need the video system
+        # only the video system (key names, the event queue), never pygame.init(): that also starts the
+        # audio mixer, whose SDL thread (nice -20 as root) starved the control loop in the same process
+        if not pygame.display.get_init():
             pygame.display.init()
         bindings = {**DEFAULT_KEYS, **dict(keys or {})}
         snap_keys = list(bindings.pop("snap"))
