@@ -41,6 +41,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     work = Path(str(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, Any]] = {}
+    collection: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     for task in cfg.tasks:
         store = work / f"{task}.zarr"
@@ -52,6 +53,9 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
                   f"({report['interactions']} interactions, {report['wall_seconds']:.0f} s)")
             (work / f"{task}.collect.json").write_text(json.dumps(report, indent=1))
         check_collection(work / f"{task}.collect.json", int(cfg.episodes), int(cfg.collect_seed))
+        report = json.loads((work / f"{task}.collect.json").read_text())
+        collection[task] = {k: report[k] for k in ("episodes", "frames", "interactions", "operator_success_rate",
+                                                   "wall_seconds")}
         table[task] = {}
         jobs = [_policy_job(cfg, task, store, pol) for pol in cfg.policies]
         for job in jobs:
@@ -63,7 +67,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         for job in jobs:  # sequential (or what the parallel workers left undone): train, then evaluate
             _run_job(job)
             table[task][job.policy] = json.loads(job.result.read_text())
-    return {"table": table, "wall_seconds": time.perf_counter() - t0}
+    return {"table": table, "collection": collection, "wall_seconds": time.perf_counter() - t0}
 
 
 def check_collection(report_path: Path, episodes: int, collect_seed: int) -> None:
@@ -325,6 +329,7 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
                     "load_average_at_end": list(os.getloadavg()), "python": platform.python_version(),
                     "torch": torch.__version__},
         "wall_seconds": bench["wall_seconds"],
+        "collection": bench["collection"],  # the scripted operator's episodes each task trained on
         "success_percent": {t: {p: 100 * r["overall"]["success_rate"] for p, r in ps.items()}
                             for t, ps in bench["table"].items()},
         "paper_table5": PAPER_TABLE5,

@@ -29,6 +29,8 @@ def test_bench_runs_every_stage_and_writes_the_table(bench):
     table = json.loads((work / "table.json").read_text())
     assert set(table["success_percent"]["movesense_lr"]) == set(POLICIES)
     assert table["machine"]["cpu_count"] >= 1 and len(table["machine"]["load_average_at_end"]) == 3
+    collected = table["collection"]["movesense_lr"]
+    assert collected["episodes"] == 2 and collected["interactions"] >= 2 and 0 <= collected["operator_success_rate"] <= 1
     md = (work / "table.md").read_text().splitlines()
     assert md[0] == "| policy | MoveSense L/R |"
     assert md[2].startswith("| groot | ") and md[2].endswith("[paper 60.0] |")
@@ -146,6 +148,7 @@ def test_bench_workers_end_when_the_bench_is_killed(tmp_path):
         "from tasks.sim_bench import exit_with_parent\n"
         "def child(ppid):\n"
         "    exit_with_parent(ppid, poll_s=0.1)\n"
+        f"    open({str(tmp_path / 'watching')!r}, 'w').close()\n"
         "    time.sleep(60)\n"
         "if __name__ == '__main__':\n"
         "    p = mp.get_context('spawn').Process(target=child, args=(os.getpid(),))\n"
@@ -155,7 +158,10 @@ def test_bench_workers_end_when_the_bench_is_killed(tmp_path):
     parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
                               cwd=os.getcwd(), env={**os.environ, "PYTHONPATH": os.getcwd()})
     child = int(parent.stdout.readline())
-    time.sleep(1.0)  # the child imports and starts its watcher
+    deadline = time.monotonic() + 120  # the child imports torch and starts its watcher (slow on a loaded machine)
+    while time.monotonic() < deadline and not (tmp_path / "watching").exists():
+        time.sleep(0.1)
+    assert (tmp_path / "watching").exists(), "the worker never started its watcher"
     os.kill(child, 0)  # alive while its parent is
     parent.send_signal(signal.SIGKILL)
     parent.wait()
