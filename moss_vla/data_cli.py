@@ -61,10 +61,10 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
-    from moss_vla.episodes.store import open_root
+    from moss_vla.episodes.store import open_root, read_store_meta
     from moss_vla.episodes.writer import EpisodeWriter
 
-    shape = tuple(open_root(args.path).attrs.get("image_shape", ()))
+    shape = tuple(read_store_meta(open_root(args.path), args.path)["image_shape"])
     with EpisodeWriter(args.path, image_shape=shape) as w:  # opening for writing is the repair
         print(w.recovery)
     return 0
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StoreError, SchemaError, FileExistsError, FileNotFoundError) as exc:
+    except (StoreError, SchemaError, FileExistsError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from moss_vla.data_cli import main
-from moss_vla.episodes import EpisodeStore
+from moss_vla.episodes import EpisodeStore, SchemaError
 from moss_vla.episodes.schema import EPISODE_ENDS
 from moss_vla.episodes.synthetic import make_synthetic_store, synthetic_episode
 
@@ -63,6 +63,16 @@ def test_check_ok_and_each_kind_of_damage(store, tmp_path, capsys):
     del root["data/timestamp"]
     root["data"].create_array("timestamp", data=ts)
     assert _run(capsys, "check", store)[0] == 0
+    # a store whose root lost its image_shape: named, with the store, by repair and by the reader
+    root = zarr.open_group(str(store), mode="r+")
+    attrs = dict(root.attrs)
+    attrs.pop("image_shape")
+    root.attrs.clear()
+    root.update_attributes(attrs)
+    code, out = _run(capsys, "repair", store)
+    assert code == 1 and f"{store}: root attribute 'image_shape' is missing" in out
+    with pytest.raises(SchemaError, match="root attribute 'image_shape' is missing"):
+        EpisodeStore(store)
     # missing key
     xy = root["data/stim_xy"][:]
     del root["data/stim_xy"]

@@ -110,14 +110,19 @@ def test_folded_moss_computes_the_same_with_fewer_parameters():
     randomise_zero_layers(m)
     m.eval()
     x = torch.randn(2, 4, 5, 5, C)
+    top_fuse = m.moss.encoders[-1].fuse
+    called = []  # the layers the folded forward replaces must not run (their parameters are not in use)
+    for layer in [*m.moss.fc_orders.values(), top_fuse]:
+        layer.register_forward_hook(lambda mod, i, o: called.append(mod))
     with torch.no_grad():
         ref = m(x)
         n_before = sum(p.numel() for p in m.moss.parameters())
         m.fold_for_inference()
+        called.clear()
         folded = m(x)
+    assert not called
     # folded inference module: FC(F), g(1) complete (M(1) feeds order 2), g(2) without its last linear,
     # and two folded (L*D -> C) maps instead of two C -> C FC(M(n))
-    top_fuse = m.moss.encoders[-1].fuse
     n_after = (n_before - sum(p.numel() for p in m.moss.fc_orders.parameters())
                - sum(p.numel() for p in top_fuse.parameters()) + sum(p.numel() for p in m.folded.parameters()))
     assert (folded - ref).abs().max() < 1e-5

@@ -60,6 +60,9 @@ def read_store_meta(root: zarr.Group, path: str | os.PathLike) -> dict[str, Any]
     if version != SCHEMA_VERSION:
         raise SchemaError(f"{path}: schema version {version!r}, this code reads and writes version "
                           f"{SCHEMA_VERSION}; convert the store or use a matching moss-vla version")
+    if "image_shape" not in attrs:
+        raise SchemaError(f"{path}: root attribute 'image_shape' is missing (every moss-vla store records its "
+                          f"frames' (H, W, 3)); run `moss-data check {path}`")
     return attrs
 
 
@@ -324,10 +327,6 @@ class EpisodeStore:
         if reader is not None:
             return reader.read(frames)
         return self.arrays[key].get_orthogonal_selection((frames,))
-
-    def episode_of_frame(self, frame: np.ndarray | int) -> np.ndarray | int:
-        """Episode index of global frame indices."""
-        return np.searchsorted(self.episode_ends, frame, side="right")
 
     def __repr__(self) -> str:
         return (f"EpisodeStore({str(self.path)!r}, episodes={self.n_episodes}, frames={self.n_frames}, "

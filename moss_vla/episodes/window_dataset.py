@@ -188,10 +188,6 @@ class WindowDataset(Dataset):
         raw = self._images[first:int(frames[-1]) + 1]  # one contiguous read through zarr
         return raw[frames - first]  # repeat the first frame where padded
 
-    @property
-    def instructions(self) -> list[str]:
-        return [self._instruction[e] for e in self.episodes]
-
     def window_indices(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Frame indices (T,) with pad mask and action indices (H,) with pad mask for item k."""
         i, e = int(self._frame[k]), int(self._episode[k])

@@ -269,7 +269,7 @@ class MossVLAPolicy(nn.Module):
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a MossVLAPolicy checkpoint "
-                                        "(expected config.json, model.safetensors, stats.json)")
+                                        "(save_pretrained writes config.json and model.safetensors)")
         config = MossVLAConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()),
                                          source=str(directory / CONFIG_NAME))
         if expected_config is not None:
