@@ -287,7 +287,7 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
 
     tasks = list(table)
     width = 0.8 / len(policies)
-    fig, ax = plt.subplots(figsize=(2.2 + 2.4 * len(tasks), 4))
+    fig, ax = plt.subplots(figsize=(3.6 + 2.4 * len(tasks), 4))
     for j, pol in enumerate(policies):
         xs, rates, lo, hi, paper_x, paper = [], [], [], [], [], []
         for i, t in enumerate(tasks):
@@ -311,8 +311,8 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
     ax.set_xticks(range(len(tasks)), [TASK_TITLES.get(t, t) for t in tasks])
     ax.set_ylim(0, 105)
     ax.set_ylabel("success (%)")
-    ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -338,8 +338,9 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     out.with_suffix(".md").write_text(md)
+    recipe = ", ".join([f"{cfg.preset}", f"{cfg.steps} steps", *cfg.train_overrides])
     plot_table(out.with_suffix(".png"), bench["table"], list(cfg.policies),
-               f"closed-loop success in the simulated rig ({cfg.preset}, {cfg.steps} steps)")
+               f"closed-loop success in the simulated rig\n({recipe})")
     return out
 
 
