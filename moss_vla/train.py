@@ -219,7 +219,8 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
     was_training = policy.training
     policy.eval()
     losses, errs, first_errs, aux = [], [], [], []
-    with torch.random.fork_rng(devices=[]):
+    # manual_seed also seeds the GPU's generator: fork it too, so training noise on a GPU is untouched
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for batch in loader:
             batch = _to_device(batch, device)
