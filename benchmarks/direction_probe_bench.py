@@ -16,7 +16,11 @@ Variants, side by side in one run (worker processes, one thread each):
 Reported: majority-class rate of the test windows, test accuracy every `--eval-every` steps, the best
 and final accuracy, seconds per step. Results: results/direction_probe.{json,png}.
 
-Run: ``.venv/bin/python benchmarks/direction_probe_bench.py [--steps 300] [--episodes 20] [--jobs 2]``
+``--task movesense_rot`` asks the same of MoveSense CW/CCW (labels cw / ccw; the path's centre, radius and
+phase are random, so only the turn of the circle's velocity across frames tells them apart); its results
+go to results/direction_probe_movesense_rot.{json,png}.
+
+Run: ``.venv/bin/python benchmarks/direction_probe_bench.py [--task movesense_lr] [--steps 300] [--episodes 20] [--jobs 2]``
 """
 
 from __future__ import annotations
@@ -44,13 +48,13 @@ VARIANTS: dict[str, list[str]] = {
 T = 8  # frames per window, as the policies
 
 
-def collect_store(path: Path, episodes: int, seed: int) -> Path:
-    """Scripted MoveSense L/R episodes in the simulated rig (reused if the store is already there)."""
+def collect_store(path: Path, task: str, episodes: int, seed: int) -> Path:
+    """Scripted MoveSense episodes in the simulated rig (reused if the store is already there)."""
     from tasks.sim_cli import collect, compose_config
 
     done = path.with_suffix(".collect.json")
     if not done.exists():
-        report = collect(compose_config(["task=movesense_lr", f"episodes={episodes}", f"out={path}",
+        report = collect(compose_config([f"task={task}", f"episodes={episodes}", f"out={path}",
                                          f"base_seed={seed}", "overwrite=true"], "sim"))
         done.write_text(json.dumps(report, indent=1))
     return path
@@ -58,7 +62,7 @@ def collect_store(path: Path, episodes: int, seed: int) -> Path:
 
 def motion_windows(store_path: Path, episodes: range, min_motion_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, T, 3, H, W) uint8 windows ending on a frame with the circle moving for at least
-    `min_motion_frames` frames, and their labels (0 left, 1 right)."""
+    `min_motion_frames` frames, and their labels (the store's stim_label: 0 left / cw, 1 right / ccw)."""
     from moss_vla.episodes.store import EpisodeStore
 
     store = EpisodeStore(store_path)
@@ -129,7 +133,7 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
             "seconds_per_step": train_seconds / steps}
 
 
-def plot(results: dict[str, Any], path: Path) -> None:
+def plot(results: dict[str, Any], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,7 +146,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     chance = max(r["majority_rate"] for r in results.values())
     ax.axhline(chance, color="grey", ls="--", lw=1, label=f"majority class {chance:.2f}")
     ax.set(xlabel="training step (batch of 8-frame windows)", ylabel="test accuracy (unseen episodes)",
-           title="MoveSense L/R: motion direction from the vision tower", ylim=(0.0, 1.02))
+           title=f"{title}: motion direction from the vision tower", ylim=(0.0, 1.02))
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -151,6 +155,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="movesense_lr", choices=["movesense_lr", "movesense_rot"])
     ap.add_argument("--episodes", type=int, default=20, help="episodes collected (3 interactions each)")
     ap.add_argument("--test-episodes", type=int, default=4, help="of those, the last ones are the test set")
     ap.add_argument("--steps", type=int, default=300)
@@ -166,7 +171,7 @@ def main() -> None:
     if not 0 < args.test_episodes < args.episodes:
         raise SystemExit(f"--test-episodes must be between 1 and --episodes - 1, got {args.test_episodes}")
     args.work.mkdir(parents=True, exist_ok=True)
-    store = collect_store(args.work / f"movesense_lr_{args.episodes}.zarr", args.episodes, seed=500_000)
+    store = collect_store(args.work / f"{args.task}_{args.episodes}.zarr", args.task, args.episodes, seed=500_000)
     n_train = args.episodes - args.test_episodes
     wall0 = time.perf_counter()
     info = machine_info()
@@ -179,13 +184,14 @@ def main() -> None:
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "wall_seconds": time.perf_counter() - wall0, "variants": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "direction_probe.json").write_text(json.dumps(out, indent=1))
-    plot(results, RESULTS / "direction_probe.png")
+    name = "direction_probe" if args.task == "movesense_lr" else f"direction_probe_{args.task}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
+    plot(results, RESULTS / f"{name}.png", {"movesense_lr": "MoveSense L/R", "movesense_rot": "MoveSense CW/CCW"}[args.task])
     print(f"\n{'variant':<14} {'majority':>8} {'best':>6} {'final':>6} {'s/step':>7}")
     for v, r in results.items():
         print(f"{v:<14} {r['majority_rate']:8.3f} {r['best_accuracy']:6.3f} {r['final_accuracy']:6.3f} "
               f"{r['seconds_per_step']:7.2f}")
-    print(f"-> {RESULTS / 'direction_probe.json'}, direction_probe.png")
+    print(f"-> {RESULTS / name}.json, {name}.png")
 
 
 if __name__ == "__main__":
