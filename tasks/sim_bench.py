@@ -52,8 +52,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
             print(f"scripted operator success {100 * report['operator_success_rate']:.1f}% "
                   f"({report['interactions']} interactions, {report['wall_seconds']:.0f} s)")
             (work / f"{task}.collect.json").write_text(json.dumps(report, indent=1))
-        check_collection(work / f"{task}.collect.json", int(cfg.episodes), int(cfg.collect_seed))
-        report = json.loads((work / f"{task}.collect.json").read_text())
+        report = check_collection(work / f"{task}.collect.json", int(cfg.episodes), int(cfg.collect_seed))
         collection[task] = {k: report[k] for k in ("episodes", "frames", "interactions", "operator_success_rate",
                                                    "wall_seconds")}
         table[task] = {}
@@ -70,14 +69,16 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     return {"table": table, "collection": collection, "wall_seconds": time.perf_counter() - t0}
 
 
-def check_collection(report_path: Path, episodes: int, collect_seed: int) -> None:
-    """Refuse a store collected with other settings than this bench asks for (it would be reused)."""
+def check_collection(report_path: Path, episodes: int, collect_seed: int) -> dict[str, Any]:
+    """The collection report at `report_path`; refuses a store collected with other settings than this
+    bench asks for (it would be reused)."""
     report = json.loads(report_path.read_text())
     found = (report["episodes"], report["seeds"][0])
     if found != (episodes, collect_seed):
         raise ValueError(f"{report_path}: the store was collected with episodes={found[0]}, collect_seed={found[1]}; "
                          f"this bench asks for episodes={episodes}, collect_seed={collect_seed}: give this bench "
                          f"its own work_dir, or delete {report_path} and its store")
+    return report
 
 
 @dataclass(frozen=True)
@@ -289,7 +290,7 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
     width = 0.8 / len(policies)
     fig, ax = plt.subplots(figsize=(3.6 + 2.4 * len(tasks), 4))
     for j, pol in enumerate(policies):
-        xs, rates, lo, hi, paper_x, paper = [], [], [], [], [], []
+        xs, rates, lo, hi, counts, paper_x, paper = [], [], [], [], [], [], []
         for i, t in enumerate(tasks):
             x = i + (j - (len(policies) - 1) / 2) * width
             if t in PAPER_TABLE5.get(pol, {}):
@@ -303,10 +304,10 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
             rates.append(100 * o["success_rate"])
             lo.append(100 * (o["success_rate"] - a))
             hi.append(100 * (b - o["success_rate"]))
+            counts.append(f"{o['success']}/{o['trials']}")
         bars = ax.bar(xs, rates, width * 0.95, yerr=[lo, hi], capsize=3, ecolor="0.4", color=f"C{j}", label=pol)
-        for bar, t in zip(bars, [t for t in tasks if table[t].get(pol) is not None], strict=True):
-            o = table[t][pol]["overall"]
-            ax.text(bar.get_x() + bar.get_width() / 2, 1, f"{o['success']}/{o['trials']}", ha="center", fontsize=7)
+        for bar, count in zip(bars, counts, strict=True):
+            ax.text(bar.get_x() + bar.get_width() / 2, 1, count, ha="center", fontsize=7)
         ax.plot(paper_x, paper, "kD", markersize=5, label="paper (table 5)" if j == 0 else None)
     ax.set_xticks(range(len(tasks)), [TASK_TITLES.get(t, t) for t in tasks])
     ax.set_ylim(0, 105)
