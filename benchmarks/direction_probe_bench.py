@@ -12,7 +12,9 @@ Variants, side by side in one run (worker processes, one thread each):
   - `moss_p8`: the same tower on 8 px patches (14 x 14 tokens; the circle moves ~1/4 token per frame);
   - `moss_p16_L7`: 7 x 7 tokens, temporal window of 7 frames;
   - `none_p16`: no temporal module (the control: the newest frame's tokens carry no motion, so this
-    must stay at the majority-class rate; if it does not, the probe leaks the label).
+    must stay at the majority-class rate; if it does not, the probe leaks the label);
+  - `moss_p8_pool4`: `moss_p8` with the tokens average-pooled to 4 x 4 before the classifier, as the
+    policy's VL backbone pools them (`backbone.pool_grid`).
 Reported: majority-class rate of the test windows, test accuracy every `--eval-every` steps, the best
 and final accuracy, seconds per step. Results: results/direction_probe.{json,png}.
 
@@ -44,7 +46,11 @@ VARIANTS: dict[str, list[str]] = {
     "moss_p8": ["policy=moss", "model.vision.patch_size=8"],
     "moss_p16_L7": ["policy=moss", "model.temporal.window=[7,5,5]"],
     "none_p16": ["policy=contextvla"],
+    "moss_p8_pool4": ["policy=moss", "model.vision.patch_size=8"],
 }
+# variants whose classifier reads the tokens average-pooled to a g x g grid first, as the policy's VL
+# backbone does (backbone.pool_grid = 4): does the pooling wash out the motion the tower sees?
+POOL_GRID = {"moss_p8_pool4": 4}
 T = 8  # frames per window, as the policies
 
 
@@ -82,8 +88,9 @@ def motion_windows(store_path: Path, episodes: range, min_motion_frames: int) ->
 
 
 def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test: int, steps: int, batch: int,
-          eval_every: int, lr: float, min_motion_frames: int, seed: int) -> dict[str, Any]:
-    """Train tower + linear classifier on the direction; returns the accuracy curve."""
+          eval_every: int, lr: float, min_motion_frames: int, seed: int, pool_grid: int | None = None) -> dict[str, Any]:
+    """Train tower + linear classifier on the direction; returns the accuracy curve. ``pool_grid``: the
+    classifier reads the tokens average-pooled to that grid (as the VL backbone's embedding does)."""
     import torch
     from torch import nn
 
@@ -102,6 +109,9 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
 
     def logits(x: np.ndarray) -> torch.Tensor:
         tokens = tower(torch.from_numpy(x).float() / 255.0)[:, -1]  # (B, T, hw, C) -> newest frame (B, hw, C)
+        if pool_grid is not None:  # (B, hw, C) -> (B, g*g, C)
+            g = tokens.transpose(1, 2).unflatten(2, (tower.grid, tower.grid))
+            tokens = nn.functional.adaptive_avg_pool2d(g, pool_grid).flatten(2).transpose(1, 2)
         return head(torch.cat([tokens.mean(1), tokens.amax(1)], -1))
 
     def test_accuracy() -> float:
@@ -127,7 +137,7 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
             curve.append((step, loss.item(), test_accuracy()))
             print(f"{name}: step {step} loss {loss.item():.3f} test acc {curve[-1][2]:.3f}", flush=True)
     accs = [c[2] for c in curve]
-    return {"overrides": overrides, "train_windows": len(y_tr), "test_windows": len(y_te),
+    return {"overrides": overrides, "pool_grid": pool_grid, "train_windows": len(y_tr), "test_windows": len(y_te),
             "majority_rate": float(max(y_te.mean(), 1 - y_te.mean())), "curve": curve,
             "best_accuracy": max(accs), "final_accuracy": accs[-1],
             "seconds_per_step": train_seconds / steps}
@@ -167,6 +177,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2, help="variants trained at once (one core each)")
     ap.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "direction_probe")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-name", help="results/<name>.{json,png} (default: direction_probe[_<task>])")
     args = ap.parse_args()
     if not 0 < args.test_episodes < args.episodes:
         raise SystemExit(f"--test-episodes must be between 1 and --episodes - 1, got {args.test_episodes}")
@@ -177,14 +188,15 @@ def main() -> None:
     info = machine_info()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = {v: pool.submit(probe, v, VARIANTS[v], str(store), n_train, args.test_episodes, args.steps,
-                                  args.batch, args.eval_every, args.lr, args.min_motion_frames, args.seed)
+                                  args.batch, args.eval_every, args.lr, args.min_motion_frames, args.seed,
+                                  POOL_GRID.get(v))
                    for v in args.variants}
         results = {v: f.result() for v, f in futures.items()}
     out = {"machine": {**info, "load_average_1min_end": os.getloadavg()[0]},
            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
            "wall_seconds": time.perf_counter() - wall0, "variants": results}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "direction_probe" if args.task == "movesense_lr" else f"direction_probe_{args.task}"
+    name = args.out_name or ("direction_probe" if args.task == "movesense_lr" else f"direction_probe_{args.task}")
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
     plot(results, RESULTS / f"{name}.png", {"movesense_lr": "MoveSense L/R", "movesense_rot": "MoveSense CW/CCW"}[args.task])
     print(f"\n{'variant':<14} {'majority':>8} {'best':>6} {'final':>6} {'s/step':>7}")

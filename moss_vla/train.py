@@ -224,11 +224,12 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
         torch.manual_seed(seed)
         for batch in loader:
             batch = _to_device(batch, device)
-            loss, stats = policy(batch)
+            vl, vl_mask = policy.encode(batch["image"], batch["instruction"])  # once for the loss and the chunk
+            loss, stats = policy.loss_from_features(vl, vl_mask, batch)
             losses.append(stats.get("action_loss", float(loss)))  # the flow-matching loss, comparable across runs
             if "aux_label_loss" in stats:
                 aux.append((stats["aux_label_loss"], stats["aux_label_acc"]))
-            pred = policy.predict_action_chunk(batch, seed=seed)  # (B, H, A), unnormalised
+            pred = policy.sample_from_features(vl, vl_mask, batch["state"].float(), seed)  # (B, H, A), unnormalised
             target = batch["action"]
             valid = ~batch["action_is_pad"]  # (B, H)
             err = (pred - target).abs().mean(-1)  # (B, H)
@@ -270,16 +271,19 @@ def plot_loss_curve(csv_path: Path, out_png: Path) -> None:
 
 
 class MetricsLog:
-    """One CSV row per logged step (columns grow as new metrics appear) + TensorBoard scalars."""
+    """One CSV row per logged step (columns grow as new metrics appear) + TensorBoard scalars. Each row
+    has ``elapsed_s``: wall seconds of training up to it, summed over resumed parts of the run."""
 
     def __init__(self, run_dir: Path, enabled: bool, start: int = 0):
         self.enabled = enabled
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
         self.tb = None
+        self.t0, self.elapsed0 = time.perf_counter(), 0.0
         if enabled:
             if self.path.exists():  # resuming: keep the history up to the checkpoint (later rows are redone)
                 self.rows = [r for r in csv.DictReader(self.path.open()) if int(r["step"]) <= start]
+                self.elapsed0 = float(self.rows[-1].get("elapsed_s") or 0.0) if self.rows else 0.0
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
@@ -287,6 +291,7 @@ class MetricsLog:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
+        metrics = {**metrics, "elapsed_s": self.elapsed0 + time.perf_counter() - self.t0}
         self.rows = [r for r in self.rows if int(r["step"]) != step] + [{"step": step, **metrics}]
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)

@@ -8,6 +8,7 @@ stopped. Configs: configs/bench.yaml (the full table), configs/demo.yaml (the sm
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
@@ -65,7 +66,9 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
             _run_parallel(todo, int(cfg.train_jobs))
         for job in jobs:  # sequential (or what the parallel workers left undone): train, then evaluate
             _run_job(job)
-            table[task][job.policy] = json.loads(job.result.read_text())
+            table[task][job.policy] = {**json.loads(job.result.read_text()), "train_seconds": job.train_seconds()}
+    # wall_seconds: this invocation only (a rerun that finds everything done takes seconds); what each run
+    # cost is in the table's train_seconds / wall_seconds (evaluation) per task and policy
     return {"table": table, "collection": collection, "wall_seconds": time.perf_counter() - t0}
 
 
@@ -104,6 +107,13 @@ class PolicyJob:
     @property
     def result(self) -> Path:
         return self.ckpt / f"eval_{self.task}" / "results.json"
+
+    def train_seconds(self) -> float | None:
+        """Wall seconds the training took, resumed parts summed (the last ``elapsed_s`` of metrics.csv;
+        None for runs logged before moss-train recorded it)."""
+        path = self.run / "metrics.csv"
+        rows = list(csv.DictReader(path.open())) if path.exists() else []
+        return float(rows[-1]["elapsed_s"]) if rows and rows[-1].get("elapsed_s") else None
 
     @property
     def recipe(self) -> list[str]:
@@ -268,6 +278,25 @@ def failures_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> 
     return "\n".join(out) + "\n"
 
 
+def minutes_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> str:
+    """Wall minutes each policy took to train and to evaluate, per task ("?": trained before moss-train
+    logged its time)."""
+    tasks = list(table)
+    out = ["| policy | " + " | ".join(f"{TASK_TITLES.get(t, t)}: train / eval min" for t in tasks) + " |",
+           "|---|" + "---:|" * len(tasks)]
+    for pol in policies:
+        cells = []
+        for t in tasks:
+            r = table[t].get(pol)
+            if r is None:
+                cells.append("-")
+                continue
+            train = "?" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.0f}"
+            cells.append(f"{train} / {r['wall_seconds'] / 60:.0f}")
+        out.append(f"| {pol} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def wilson_interval(success: int, trials: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval of a success rate (stays inside [0, 1] at 0 or all successes)."""
     if trials == 0:
@@ -322,7 +351,8 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
 def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
     out = Path(str(cfg.results))
     out.parent.mkdir(parents=True, exist_ok=True)
-    md = table_markdown(bench["table"], list(cfg.policies)) + "\n" + failures_markdown(bench["table"], list(cfg.policies))
+    policies = list(cfg.policies)
+    md = "\n".join(f(bench["table"], policies) for f in (table_markdown, failures_markdown, minutes_markdown))
     payload = {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
@@ -334,7 +364,8 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
         "success_percent": {t: {p: 100 * r["overall"]["success_rate"] for p, r in ps.items()}
                             for t, ps in bench["table"].items()},
         "paper_table5": PAPER_TABLE5,
-        "details": {t: {p: {k: r[k] for k in ("overall", "per_type", "trials", "eval_seeds", "checkpoint")}
+        "details": {t: {p: {**{k: r[k] for k in ("overall", "per_type", "trials", "eval_seeds", "checkpoint")},
+                            "train_seconds": r["train_seconds"], "eval_seconds": r["wall_seconds"]}
                         for p, r in ps.items()} for t, ps in bench["table"].items()},
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
@@ -353,6 +384,8 @@ def bench_main(overrides: list[str], config_name: str = "bench") -> int:
     print(table_markdown(bench["table"], list(cfg.policies)))
     print("failed trials by reason:")
     print(failures_markdown(bench["table"], list(cfg.policies)))
+    print("wall time per run:")
+    print(minutes_markdown(bench["table"], list(cfg.policies)))
     print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}; per-run plots: "
           f"{cfg.work_dir}/<task>-<policy>/checkpoints/step_*/eval_<task>/results.png")
     return 0

@@ -41,6 +41,11 @@ def test_bench_runs_every_stage_and_writes_the_table(bench):
         assert row == f"| {pol} | " + " / ".join(str(r["failures"].get(k, 0))
                                                 for k in ("no_pointing", "wrong_target", "late")) + " |"
         assert sum(r["failures"].values()) == r["trials"] - r["success"]
+    assert md[10] == "| policy | MoveSense L/R: train / eval min |"
+    for pol, row in zip(POLICIES, md[12:14], strict=True):  # each run's training and evaluation time
+        d = table["details"]["movesense_lr"][pol]
+        assert 0 < d["train_seconds"] < 600 and 0 < d["eval_seconds"] < 600
+        assert row == f"| {pol} | {d['train_seconds'] / 60:.0f} / {d['eval_seconds'] / 60:.0f} |"
     assert (work / "table.png").stat().st_size > 0
     for pol in POLICIES:
         run = work / f"movesense_lr-{pol}"

@@ -21,7 +21,7 @@ from moss_vla.episodes import EpisodeWriter
 from moss_vla.episodes.synthetic import make_synthetic_store
 from moss_vla.paths import CONFIG_DIR
 from moss_vla.policy import make_policy
-from moss_vla.train import train, validation_subset
+from moss_vla.train import evaluate, train, validation_subset
 from moss_vla.training_data import build_datasets, label_classes
 
 TINY = ["policy=moss", "model=tiny", "model.input_image_size=32", "dataset.augment.enabled=true",
@@ -113,7 +113,11 @@ def test_resume_continues_exactly(store, tmp_path):
     # those are dropped (here log_every changes, so row 10 would otherwise stay as a stale row)
     train(cfg_for(store, half, "steps=12", "ckpt_every=6", "log_every=4",
                   f"resume={half / 'checkpoints' / 'step_0000006'}"))
-    assert [int(r["step"]) for r in csv.DictReader((half / "metrics.csv").open())] == [5, 8, 12]
+    rows = list(csv.DictReader((half / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [5, 8, 12]
+    # training time adds up over the resumed parts (step 8's clock continues from step 5's)
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert 0 < elapsed[0] < elapsed[1] < elapsed[2]
     # a resume with other settings would not continue the run: refused, naming what differs
     with pytest.raises(ValueError, match=r"policy.n_frames: checkpoint 8, now 2; optim.lr: checkpoint 0.001, "
                                          r"now 0.002.*config.yaml"):
@@ -130,6 +134,33 @@ def test_validation_does_not_change_the_training_run(store, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=f"parameter {k} differs")
     rows = [r for r in csv.DictReader((tmp_path / "validated" / "metrics.csv").open()) if r.get("val_loss")]
     assert len(rows) == 3 and all(float(r["val_action_mae"]) > 0 for r in rows)
+
+
+def test_validation_encodes_once_and_matches_forward_plus_predict(store, tmp_path):
+    """evaluate() encodes each batch once for the loss and the sampled chunk; its numbers are those of
+    the policy's own forward (same seed) and predict_action_chunk."""
+    cfg = cfg_for(store, tmp_path / "v", "policy.aux_label_weight=0.5")
+    _, val_ds, stats = build_datasets(cfg, cfg.policy.n_frames, cfg.model.action_head.horizon)
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.policy.aux_label_classes = label_classes(cfg.data.paths)
+    policy = make_policy(cfg.policy, cfg.model, stats)
+    batch = default_collate([val_ds[i] for i in range(min(8, len(val_ds)))])
+    calls = []
+    encode = policy.encode
+    policy.encode = lambda *a: calls.append(1) or encode(*a)
+    got = evaluate(policy, [batch], torch.device("cpu"), seed=3)
+    assert len(calls) == 1
+    policy.encode = encode
+    with torch.no_grad(), torch.random.fork_rng():
+        torch.manual_seed(3)
+        _, ref = policy.eval()(batch)
+        pred = policy.predict_action_chunk(batch, seed=3)
+    err = (pred - batch["action"]).abs().mean(-1)
+    assert got["val_loss"] == pytest.approx(ref["action_loss"], rel=1e-6)
+    assert got["val_aux_label_acc"] == pytest.approx(ref["aux_label_acc"])
+    assert got["val_action_mae"] == pytest.approx(float(err[~batch["action_is_pad"]].mean()), rel=1e-6)
 
 
 def test_validation_windows_spread_over_all_held_out_episodes():
@@ -180,7 +211,7 @@ def test_ddp_under_torchrun_keeps_ranks_in_sync(store, tmp_path):
         import os, torch
         from hydra import compose, initialize_config_dir
         from moss_vla.paths import CONFIG_DIR
-        from moss_vla.train import train, validation_subset
+        from moss_vla.train import evaluate, train, validation_subset
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", ["data.paths=[{store}]", "out_dir={tmp_path / 'run'}", "steps=4",
                                     "ckpt_every=4", *{TINY!r}])

@@ -118,10 +118,15 @@ class MossVLAPolicy(nn.Module):
     def forward(self, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         """Flow-matching loss on a collated batch (extra keys are ignored). Returns (loss, stats)."""
         self._require_stats()
-        cfg = self.config
         for key in ("image", "state", "action", "instruction"):
             if key not in batch:
                 raise KeyError(f"training batch lacks {key!r} (has {sorted(batch)})")
+        return self.loss_from_features(*self.encode(batch["image"], batch["instruction"]), batch)
+
+    def loss_from_features(self, vl: Tensor, vl_mask: Tensor, batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
+        """:meth:`forward` from the batch's VL features (:meth:`encode`): lets validation encode a batch
+        once for both the loss and the sampled chunk."""
+        cfg = self.config
         action = batch["action"].to(self.device).float()
         H, A = cfg.action_head.horizon, cfg.action_dim
         if action.dim() != 3 or tuple(action.shape[1:]) != (H, A):
@@ -130,7 +135,6 @@ class MossVLAPolicy(nn.Module):
         pad = batch.get("action_is_pad")
         pad = torch.zeros(action.shape[:2], dtype=torch.bool) if pad is None else pad.bool()
         state = self._check_state(batch["state"].to(self.device))
-        vl, vl_mask = self.encode(batch["image"], batch["instruction"])
         loss = self.action_head.loss(vl, vl_mask, self.normalizer.normalize("state", state),
                                      self.normalizer.normalize("action", action), pad.to(self.device))
         stats: dict[str, float] = {}
@@ -164,9 +168,10 @@ class MossVLAPolicy(nn.Module):
         self._require_stats()
         state = self._check_state(torch.as_tensor(obs["state"]).to(self.device))
         vl, vl_mask = self.encode(torch.as_tensor(obs["image"]), obs["instruction"])
-        return self._sample(vl, vl_mask, state, seed)
+        return self.sample_from_features(vl, vl_mask, state, seed)
 
-    def _sample(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None) -> Tensor:
+    def sample_from_features(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None) -> Tensor:
+        """Action chunk (B, H, A), unnormalised, from VL features (:meth:`encode`) and the raw state (B, S)."""
         chunk = self.action_head.sample(vl, vl_mask, self.normalizer.normalize("state", state), seed)
         return self.normalizer.unnormalize("action", chunk)
 
@@ -231,7 +236,7 @@ class MossVLAPolicy(nn.Module):
             if instruction not in self._text_cache:
                 self._text_cache = {instruction: self._text(instruction, 1)}
             vl, vl_mask = self.cache.vl_features(*self._text_cache[instruction])
-            chunk = self._sample(vl, vl_mask, state_t, cfg.inference_seed)
+            chunk = self.sample_from_features(vl, vl_mask, state_t, cfg.inference_seed)
         else:
             window = torch.stack(list(self._raw_frames), 1)  # (1, T, 3, S, S)
             chunk = self.predict_action_chunk(
