@@ -85,6 +85,15 @@ def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------ schedule
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on the matrices (linear, attention, convolution, embedding tables),
+    none on the vectors (biases, LayerNorm gains). Decided by shape, not by name: a name rule ("norm")
+    also exempted the DiT's AdaLN projection matrices (``norm1.linear.weight``)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+
+
 def lr_lambda(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Linear warmup, then cosine decay to `min_ratio` of the base learning rate."""
     if step < warmup:
@@ -353,14 +362,8 @@ def train(cfg: DictConfig) -> TrainResult:
         policy = make_policy(cfg.policy, cfg.model, stats)
     policy.to(device).train()
 
-    decay, no_decay = [], []
-    for name, p in policy.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.optim.lr, betas=tuple(cfg.optim.betas),
-    )
+    optimizer = torch.optim.AdamW(param_groups(policy, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                                  betas=tuple(cfg.optim.betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
     )

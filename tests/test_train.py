@@ -21,7 +21,7 @@ from moss_vla.episodes import EpisodeWriter
 from moss_vla.episodes.synthetic import make_synthetic_store
 from moss_vla.paths import CONFIG_DIR
 from moss_vla.policy import make_policy
-from moss_vla.train import evaluate, train, validation_subset
+from moss_vla.train import evaluate, param_groups, train, validation_subset
 from moss_vla.training_data import build_datasets, label_classes
 
 TINY = ["policy=moss", "model=tiny", "model.input_image_size=32", "dataset.augment.enabled=true",
@@ -163,6 +163,19 @@ def test_validation_encodes_once_and_matches_forward_plus_predict(store, tmp_pat
     assert got["val_action_mae"] == pytest.approx(float(err[~batch["action_is_pad"]].mean()), rel=1e-6)
 
 
+def test_weight_decay_on_matrices_only_adaln_included(store, tmp_path):
+    cfg = cfg_for(store, tmp_path / "wd")
+    policy = make_policy(cfg.policy, cfg.model, None)
+    decay, no_decay = param_groups(policy, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    ids = {id(p) for p in decay["params"]}
+    names = {n for n, p in policy.named_parameters() if id(p) in ids}
+    adaln = [n for n in names if "norm1.linear.weight" in n]
+    assert adaln, "the DiT's AdaLN projections are matrices and are decayed"
+    assert not any(n.endswith(".bias") or "layer_norm" in n or "layernorm" in n.lower() for n in names)
+    assert len(decay["params"]) + len(no_decay["params"]) == sum(1 for p in policy.parameters() if p.requires_grad)
+
+
 def test_validation_windows_spread_over_all_held_out_episodes():
     assert validation_subset(list(range(5)), 8) == list(range(5))  # fewer than asked: all of them
     sub = validation_subset(list(range(100)), 5)
@@ -211,7 +224,7 @@ def test_ddp_under_torchrun_keeps_ranks_in_sync(store, tmp_path):
         import os, torch
         from hydra import compose, initialize_config_dir
         from moss_vla.paths import CONFIG_DIR
-        from moss_vla.train import evaluate, train, validation_subset
+        from moss_vla.train import evaluate, param_groups, train, validation_subset
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose("train", ["data.paths=[{store}]", "out_dir={tmp_path / 'run'}", "steps=4",
                                     "ckpt_every=4", *{TINY!r}])
