@@ -368,6 +368,12 @@ def train(cfg: DictConfig) -> TrainResult:
         optimizer, lambda s: lr_lambda(s, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
     )
     if cfg.resume:
+        saved = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
+        if saved != [len(g["params"]) for g in optimizer.param_groups]:
+            raise ValueError(f"{cfg.resume}: its optimizer state groups {saved} parameters for weight decay / none, "
+                             f"this version groups {[len(g['params']) for g in optimizer.param_groups]} (decay by "
+                             f"shape since 2026-12-02): continue it with the moss-vla version that wrote it, or "
+                             f"start a new run")
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"][rank])

@@ -176,6 +176,21 @@ def test_weight_decay_on_matrices_only_adaln_included(store, tmp_path):
     assert len(decay["params"]) + len(no_decay["params"]) == sum(1 for p in policy.parameters() if p.requires_grad)
 
 
+def test_resume_refuses_an_optimizer_state_grouped_otherwise(store, tmp_path):
+    """A checkpoint whose optimizer grouped the parameters for weight decay differently (e.g. written
+    before decay went by shape) is named, not loaded into the wrong groups."""
+    from moss_vla.train import TRAIN_STATE
+
+    train(cfg_for(store, tmp_path / "run", "steps=4", "ckpt_every=2"))
+    ckpt = tmp_path / "run" / "checkpoints" / "step_0000002"
+    state = torch.load(ckpt / TRAIN_STATE, weights_only=False)
+    decay, no_decay = state["optimizer"]["param_groups"]
+    no_decay["params"].append(decay["params"].pop())  # one matrix moved to the undecayed group
+    torch.save(state, ckpt / TRAIN_STATE)
+    with pytest.raises(ValueError, match=r"step_0000002: its optimizer state groups \[\d+, \d+\] parameters"):
+        train(cfg_for(store, tmp_path / "resumed", "steps=4", f"resume={ckpt}"))
+
+
 def test_validation_windows_spread_over_all_held_out_episodes():
     assert validation_subset(list(range(5)), 8) == list(range(5))  # fewer than asked: all of them
     sub = validation_subset(list(range(100)), 5)
