@@ -14,7 +14,8 @@ Variants, side by side in one run (worker processes, one thread each):
   - `none_p16`: no temporal module (the control: the newest frame's tokens carry no motion, so this
     must stay at the majority-class rate; if it does not, the probe leaks the label);
   - `moss_p8_pool4`: `moss_p8` with the tokens average-pooled to 4 x 4 before the classifier, as the
-    policy's VL backbone pools them (`backbone.pool_grid`).
+    policy's VL backbone pools them (`backbone.pool_grid`);
+  - `moss_p8_vl`: `moss_p8` read through the whole VL backbone, as the policy's label head reads it.
 Reported: majority-class rate of the test windows, test accuracy every `--eval-every` steps, the best
 and final accuracy, seconds per step. Results: results/direction_probe.{json,png}.
 
@@ -47,10 +48,14 @@ VARIANTS: dict[str, list[str]] = {
     "moss_p16_L7": ["policy=moss", "model.temporal.window=[7,5,5]"],
     "none_p16": ["policy=contextvla"],
     "moss_p8_pool4": ["policy=moss", "model.vision.patch_size=8"],
+    "moss_p8_vl": ["policy=moss", "model.vision.patch_size=8"],
 }
 # variants whose classifier reads the tokens average-pooled to a g x g grid first, as the policy's VL
 # backbone does (backbone.pool_grid = 4): does the pooling wash out the motion the tower sees?
 POOL_GRID = {"moss_p8_pool4": 4}
+# variants whose classifier reads the VL backbone's output (mean and max over its tokens, as the policy's
+# auxiliary label head does), the instruction included: tower, pooling, ContextVLA compression, backbone
+THROUGH_BACKBONE = {"moss_p8_vl"}
 T = 8  # frames per window, as the policies
 
 
@@ -68,7 +73,8 @@ def collect_store(path: Path, task: str, episodes: int, seed: int) -> Path:
 
 def motion_windows(store_path: Path, episodes: range, min_motion_frames: int) -> tuple[np.ndarray, np.ndarray]:
     """(N, T, 3, H, W) uint8 windows ending on a frame with the circle moving for at least
-    `min_motion_frames` frames, and their labels (the store's stim_label: 0 left / cw, 1 right / ccw)."""
+    `min_motion_frames` frames (0: every window), and their labels (the store's stim_label: 0 left / cw,
+    1 right / ccw, -1 none)."""
     from moss_vla.episodes.store import EpisodeStore
 
     store = EpisodeStore(store_path)
@@ -95,19 +101,32 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
     from torch import nn
 
     from moss_vla.config import compose_config
+    from moss_vla.episodes.store import EpisodeStore
     from moss_vla.policy import make_policy
 
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     cfg = compose_config([f"data.paths=[{store_path}]", "model=small", *overrides], "train")
-    tower = make_policy(cfg.policy, cfg.model, None).vision
+    policy = make_policy(cfg.policy, cfg.model, None)
+    tower = policy.vision
+    through_backbone = name in THROUGH_BACKBONE
+    instruction = EpisodeStore(store_path).episode_metas[0]["instruction"]
     x_tr, y_tr = motion_windows(Path(store_path), range(n_train), min_motion_frames)
-    x_te, y_te = motion_windows(Path(store_path), range(n_train, n_train + n_test), min_motion_frames)
-    width = int(cfg.model.vision.hidden_size)
-    head = nn.Linear(2 * width, 2)
-    opt = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=lr)
+    # min_motion_frames 0: train on every window as the policy's label loss does (classes none / label 0 /
+    # label 1), test on the windows whose circle has moved for 3 frames (is the direction learnt?)
+    n_classes = 3 if min_motion_frames == 0 else 2
+    x_te, y_te = motion_windows(Path(store_path), range(n_train, n_train + n_test), max(min_motion_frames, 3)
+                                if n_classes == 3 else min_motion_frames)
+    y_tr, y_te = (y_tr + 1, y_te + 1) if n_classes == 3 else (y_tr, y_te)
+    width = int(cfg.model.backbone.hidden_size if through_backbone else cfg.model.vision.hidden_size)
+    head = nn.Linear(2 * width, n_classes)
+    trained = policy if through_backbone else tower
+    opt = torch.optim.AdamW([*trained.parameters(), *head.parameters()], lr=lr)
 
     def logits(x: np.ndarray) -> torch.Tensor:
+        if through_backbone:  # every VL token is valid here (one instruction, no padding)
+            vl, _ = policy.encode(torch.from_numpy(x).float() / 255.0, instruction)
+            return head(torch.cat([vl.mean(1), vl.amax(1)], -1))
         tokens = tower(torch.from_numpy(x).float() / 255.0)[:, -1]  # (B, T, hw, C) -> newest frame (B, hw, C)
         if pool_grid is not None:  # (B, hw, C) -> (B, g*g, C)
             g = tokens.transpose(1, 2).unflatten(2, (tower.grid, tower.grid))
@@ -115,11 +134,11 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
         return head(torch.cat([tokens.mean(1), tokens.amax(1)], -1))
 
     def test_accuracy() -> float:
-        tower.eval()
+        trained.eval()
         with torch.no_grad():
             hits = sum(int((logits(x_te[i:i + 64]).argmax(-1).numpy() == y_te[i:i + 64]).sum())
                        for i in range(0, len(y_te), 64))
-        tower.train()
+        trained.train()
         return hits / len(y_te)
 
     rng = np.random.default_rng(seed)
@@ -137,8 +156,8 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
             curve.append((step, loss.item(), test_accuracy()))
             print(f"{name}: step {step} loss {loss.item():.3f} test acc {curve[-1][2]:.3f}", flush=True)
     accs = [c[2] for c in curve]
-    return {"overrides": overrides, "pool_grid": pool_grid, "train_windows": len(y_tr), "test_windows": len(y_te),
-            "majority_rate": float(max(y_te.mean(), 1 - y_te.mean())), "curve": curve,
+    return {"overrides": overrides, "pool_grid": pool_grid, "through_backbone": through_backbone, "train_windows": len(y_tr), "test_windows": len(y_te),
+            "majority_rate": float(np.bincount(y_te).max() / len(y_te)), "n_classes": n_classes, "curve": curve,
             "best_accuracy": max(accs), "final_accuracy": accs[-1],
             "seconds_per_step": train_seconds / steps}
 
@@ -172,7 +191,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--eval-every", type=int, default=25)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--min-motion-frames", type=int, default=3, help="frames of motion the newest frame ends")
+    ap.add_argument("--min-motion-frames", type=int, default=3,
+                    help="frames of motion the newest frame ends (0: train on every window, 3 classes with none)")
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--jobs", type=int, default=2, help="variants trained at once (one core each)")
     ap.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "direction_probe")
