@@ -100,14 +100,14 @@ def test_replans_every_n_action_steps_and_returns_the_chunk_in_order():
     torch.manual_seed(0)
     policy = MossVLAPolicy(tiny_config("moss", n_action_steps=6), stats()).eval()
     chunks = []
-    sample = policy._sample
+    sample = policy.sample_from_features
 
     def recording_sample(*args, **kwargs):
         chunk = sample(*args, **kwargs)
         chunks.append(chunk)
         return chunk
 
-    policy._sample = recording_sample
+    policy.sample_from_features = recording_sample
     actions = run(policy, frames(13))
     assert len(chunks) == 3  # steps 0, 6, 12
     np.testing.assert_allclose(actions[:6], chunks[0][0, :6].numpy(), atol=1e-6)
