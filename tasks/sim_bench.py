@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -243,58 +244,44 @@ def _run_parallel(jobs: list[PolicyJob], n_jobs: int) -> None:
                                    ) from future.exception()
 
 
-def table_markdown(table: dict[str, dict[str, Any]], policies: list[str], with_paper: bool = True) -> str:
+def _markdown(table: dict[str, dict[str, Any]], policies: list[str], column: Callable[[str], str],
+              cell: Callable[[str, str, dict[str, Any]], str]) -> str:
+    """A policy x task markdown table: ``column(task)`` heads a task's column, ``cell(policy, task,
+    result)`` fills it ("-" where the policy was not run on the task)."""
     tasks = list(table)
-    head = "| policy | " + " | ".join(TASK_TITLES.get(t, t) for t in tasks) + " |"
-    out = [head, "|---|" + "---:|" * len(tasks)]
+    out = ["| policy | " + " | ".join(column(t) for t in tasks) + " |", "|---|" + "---:|" * len(tasks)]
     for pol in policies:
-        cells = []
-        for t in tasks:
-            r = table[t].get(pol)
-            if r is None:
-                cells.append("-")
-                continue
-            o = r["overall"]
-            cell = f"{100 * o['success_rate']:.1f} ({o['success']}/{o['trials']})"
-            if with_paper and pol in PAPER_TABLE5 and t in PAPER_TABLE5[pol]:
-                cell += f" [paper {PAPER_TABLE5[pol][t]:.1f}]"
-            cells.append(cell)
+        cells = ["-" if table[t].get(pol) is None else cell(pol, t, table[t][pol]) for t in tasks]
         out.append(f"| {pol} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+def table_markdown(table: dict[str, dict[str, Any]], policies: list[str], with_paper: bool = True) -> str:
+    def cell(pol: str, t: str, r: dict[str, Any]) -> str:
+        o = r["overall"]
+        text = f"{100 * o['success_rate']:.1f} ({o['success']}/{o['trials']})"
+        if with_paper and pol in PAPER_TABLE5 and t in PAPER_TABLE5[pol]:
+            text += f" [paper {PAPER_TABLE5[pol][t]:.1f}]"
+        return text
+
+    return _markdown(table, policies, lambda t: TASK_TITLES.get(t, t), cell)
 
 
 def failures_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> str:
     """How the failed trials failed, per policy and task (tasks/scoring.py: no pointing, wrong target, late)."""
     reasons = ("no_pointing", "wrong_target", "late")
-    tasks = list(table)
-    out = ["| policy | " + " | ".join(f"{TASK_TITLES.get(t, t)}: " + " / ".join(reasons) for t in tasks) + " |",
-           "|---|" + "---:|" * len(tasks)]
-    for pol in policies:
-        cells = []
-        for t in tasks:
-            r = table[t].get(pol)
-            cells.append("-" if r is None else " / ".join(str(r["overall"]["failures"].get(k, 0)) for k in reasons))
-        out.append(f"| {pol} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+    return _markdown(table, policies, lambda t: f"{TASK_TITLES.get(t, t)}: " + " / ".join(reasons),
+                     lambda pol, t, r: " / ".join(str(r["overall"]["failures"].get(k, 0)) for k in reasons))
 
 
 def minutes_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> str:
     """Wall minutes each policy took to train and to evaluate, per task ("?": trained before moss-train
     logged its time)."""
-    tasks = list(table)
-    out = ["| policy | " + " | ".join(f"{TASK_TITLES.get(t, t)}: train / eval min" for t in tasks) + " |",
-           "|---|" + "---:|" * len(tasks)]
-    for pol in policies:
-        cells = []
-        for t in tasks:
-            r = table[t].get(pol)
-            if r is None:
-                cells.append("-")
-                continue
-            train = "?" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.0f}"
-            cells.append(f"{train} / {r['wall_seconds'] / 60:.0f}")
-        out.append(f"| {pol} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
+    def cell(pol: str, t: str, r: dict[str, Any]) -> str:
+        train = "?" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.0f}"
+        return f"{train} / {r['wall_seconds'] / 60:.0f}"
+
+    return _markdown(table, policies, lambda t: f"{TASK_TITLES.get(t, t)}: train / eval min", cell)
 
 
 def wilson_interval(success: int, trials: int, z: float = 1.96) -> tuple[float, float]:
