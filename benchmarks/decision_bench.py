@@ -14,7 +14,9 @@ of the way from rest; otherwise it stays. The ground-truth chunks are decoded th
 the decoding: they must head for their own label's target.
 
 Reported per checkpoint and split (the store's training / validation episodes, split as in training):
-windows x noise seeds, how many chunks move, how many of those head for the correct target.
+windows x noise seeds, how many chunks move, how many of those head for the correct target; and, for a
+policy trained with the label loss, what its label head answers at those windows (per true label: how
+often "none", each label).
 
 Run: ``.venv/bin/python benchmarks/decision_bench.py --store S.zarr --checkpoints name=DIR ... [--out NAME]``
 -> results/<NAME>.json
@@ -74,6 +76,7 @@ def decision_windows(ds: WindowDataset, state: np.ndarray, label: np.ndarray, ta
 def score(policy, ds: WindowDataset, items: list[int], targets: Targets, seeds: int,
           move_fraction: float, batch: int, desc: str) -> dict[str, Any]:
     counts = {"windows": len(items), "chunks": 0, "moved": 0, "correct": 0, "truth_moved": 0, "truth_correct": 0}
+    label_answers: dict[str, dict[str, int]] = {}  # true label -> label head's answer -> windows
     for b in tqdm(range(0, len(items), batch), desc=desc, unit="batch", leave=False):
         rows = [ds[k] for k in items[b:b + batch]]
         obs = {"image": torch.stack([r["image"] for r in rows]), "state": torch.stack([r["state"] for r in rows]),
@@ -82,8 +85,15 @@ def score(policy, ds: WindowDataset, items: list[int], targets: Targets, seeds: 
             head = targets.heading(r["action"][-1].numpy(), move_fraction)
             counts["truth_moved"] += head is not None
             counts["truth_correct"] += head == r["stim_label"]
+        with torch.no_grad():
+            vl, vl_mask = policy.encode(obs["image"], obs["instruction"])  # once for every seed and the label head
+            if policy.label_head is not None:  # class 0 "none", 1 + i label i
+                for r, c in zip(rows, policy.label_logits(vl, vl_mask).argmax(1).tolist(), strict=True):
+                    answers = label_answers.setdefault(str(int(r["stim_label"])), {})
+                    answer = "none" if c == 0 else str(c - 1)
+                    answers[answer] = answers.get(answer, 0) + 1
         for seed in range(seeds):
-            chunks = policy.predict_action_chunk(obs, seed=seed).numpy()  # (B, H, A)
+            chunks = policy.sample_from_features(vl, vl_mask, obs["state"], seed).numpy()  # (B, H, A)
             for r, chunk in zip(rows, chunks, strict=True):
                 head = targets.heading(chunk[-1], move_fraction)
                 counts["chunks"] += 1
@@ -91,6 +101,8 @@ def score(policy, ds: WindowDataset, items: list[int], targets: Targets, seeds: 
                 counts["correct"] += head == r["stim_label"]
     counts["correct_of_moved"] = counts["correct"] / max(counts["moved"], 1)
     counts["truth_correct_of_moved"] = counts["truth_correct"] / max(counts["truth_moved"], 1)
+    if label_answers:
+        counts["label_head_answers"] = label_answers
     return counts
 
 
@@ -138,7 +150,8 @@ def main() -> None:
         for split_name, r in res.items():
             print(f"{name:<12} {split_name:<5} decision windows {r['windows']:4d}  chunks moving {r['moved']:4d}/"
                   f"{r['chunks']:<4d}  correct target {r['correct']:4d}/{r['moved']:<4d} "
-                  f"({100 * r['correct_of_moved']:.0f}%)  [demonstrations: {r['truth_correct']}/{r['truth_moved']}]")
+                  f"({100 * r['correct_of_moved']:.0f}%)  [demonstrations: {r['truth_correct']}/{r['truth_moved']}]"
+                  + (f"  label head (true: answers) {r['label_head_answers']}" if "label_head_answers" in r else ""))
     path = RESULTS / f"{args.out}.json"
     path.write_text(json.dumps(out, indent=1))
     print(f"-> {path}")

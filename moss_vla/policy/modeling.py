@@ -156,11 +156,18 @@ class MossVLAPolicy(nn.Module):
         if int(target.min()) < 0 or int(target.max()) >= self.config.aux_label_classes:
             raise ValueError(f"stim_label values {sorted(set((target - 1).tolist()))} do not fit aux_label_classes = "
                              f"{self.config.aux_label_classes} (-1 and 0..{self.config.aux_label_classes - 2})")
+        logits = self.label_logits(vl, vl_mask)
+        return F.cross_entropy(logits, target), float((logits.argmax(1) == target).float().mean())
+
+    def label_logits(self, vl: Tensor, vl_mask: Tensor) -> Tensor:
+        """The label head on the mean and the max of the valid VL features (B, N, D) -> (B, classes);
+        class 0 is "no stimulus label", class 1 + i the label i."""
+        if self.label_head is None:
+            raise RuntimeError("this policy has no label head (trained with aux_label_weight = 0)")
         m = vl_mask[..., None].to(vl.dtype)
         mean = (vl * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
         peak = vl.masked_fill(m == 0, float("-inf")).amax(1)  # (B, D)
-        logits = self.label_head(torch.cat([mean, peak], dim=1))  # (B, classes)
-        return F.cross_entropy(logits, target), float((logits.argmax(1) == target).float().mean())
+        return self.label_head(torch.cat([mean, peak], dim=1))
 
     @torch.no_grad()
     def predict_action_chunk(self, obs: dict[str, Any], seed: int | None = None) -> Tensor:
