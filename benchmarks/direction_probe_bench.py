@@ -15,7 +15,9 @@ Variants, side by side in one run (worker processes, one thread each):
     must stay at the majority-class rate; if it does not, the probe leaks the label);
   - `moss_p8_pool4`: `moss_p8` with the tokens average-pooled to 4 x 4 before the classifier, as the
     policy's VL backbone pools them (`backbone.pool_grid`);
-  - `moss_p8_vl`: `moss_p8` read through the whole VL backbone, as the policy's label head reads it.
+  - `moss_p8_vl`: `moss_p8` read through the whole VL backbone, as the policy's label head reads it;
+  - `moss_p8_vl_frame`: the same, reading only the current frame's output tokens (not the context
+    token or the text).
 Reported: majority-class rate of the test windows, test accuracy every `--eval-every` steps, the best
 and final accuracy, seconds per step. Results: results/direction_probe.{json,png}.
 
@@ -49,13 +51,15 @@ VARIANTS: dict[str, list[str]] = {
     "none_p16": ["policy=contextvla"],
     "moss_p8_pool4": ["policy=moss", "model.vision.patch_size=8"],
     "moss_p8_vl": ["policy=moss", "model.vision.patch_size=8"],
+    "moss_p8_vl_frame": ["policy=moss", "model.vision.patch_size=8"],
 }
 # variants whose classifier reads the tokens average-pooled to a g x g grid first, as the policy's VL
 # backbone does (backbone.pool_grid = 4): does the pooling wash out the motion the tower sees?
 POOL_GRID = {"moss_p8_pool4": 4}
-# variants whose classifier reads the VL backbone's output (mean and max over its tokens, as the policy's
-# auxiliary label head does), the instruction included: tower, pooling, ContextVLA compression, backbone
-THROUGH_BACKBONE = {"moss_p8_vl"}
+# variants whose classifier reads the VL backbone's output (tower, pooling, ContextVLA compression,
+# backbone, the instruction included): mean and max over all its tokens ("all", as the policy's
+# auxiliary label head does) or over the current frame's tokens only ("frame")
+THROUGH_BACKBONE = {"moss_p8_vl": "all", "moss_p8_vl_frame": "frame"}
 T = 8  # frames per window, as the policies
 
 
@@ -109,7 +113,8 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
     cfg = compose_config([f"data.paths=[{store_path}]", "model=small", *overrides], "train")
     policy = make_policy(cfg.policy, cfg.model, None)
     tower = policy.vision
-    through_backbone = name in THROUGH_BACKBONE
+    through_backbone = THROUGH_BACKBONE.get(name)
+    n_frame = policy.backbone.tokens_per_frame
     instruction = EpisodeStore(store_path).episode_metas[0]["instruction"]
     x_tr, y_tr = motion_windows(Path(store_path), range(n_train), min_motion_frames)
     # min_motion_frames 0: train on every window as the policy's label loss does (classes none / label 0 /
@@ -125,7 +130,9 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
 
     def logits(x: np.ndarray) -> torch.Tensor:
         if through_backbone:  # every VL token is valid here (one instruction, no padding)
-            vl, _ = policy.encode(torch.from_numpy(x).float() / 255.0, instruction)
+            vl, _ = policy.encode(torch.from_numpy(x).float() / 255.0, instruction)  # [context, frame, text]
+            if through_backbone == "frame":
+                vl = vl[:, 1:1 + n_frame]
             return head(torch.cat([vl.mean(1), vl.amax(1)], -1))
         tokens = tower(torch.from_numpy(x).float() / 255.0)[:, -1]  # (B, T, hw, C) -> newest frame (B, hw, C)
         if pool_grid is not None:  # (B, hw, C) -> (B, g*g, C)
