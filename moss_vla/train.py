@@ -346,7 +346,7 @@ def train(cfg: DictConfig) -> TrainResult:
                 f"<run>/checkpoints/step_0001000 (or <run>/checkpoints/latest)"
             )
         state = torch.load(resume / TRAIN_STATE, weights_only=False)
-        if cfg.policy.get("aux_label_classes") is None:  # sized from the data when the run started
+        if not cfg.policy.get("aux_label_classes"):  # sized from the data when the run started (config: 0)
             cfg.policy.aux_label_classes = state["config"]["policy"].get("aux_label_classes")
         check_resume_config(state["config"], cfg, resume)
         if isinstance(state["rng"], dict):  # written before checkpoints kept every rank's state

@@ -209,6 +209,16 @@ def test_aux_label_loss_trains_a_label_head_sized_from_the_store(store, tmp_path
     assert "label_head.weight" in weights(res.checkpoint)
 
 
+def test_a_run_with_the_label_loss_resumes(store, tmp_path):
+    """The label head's size was taken from the data when the run started; a resume with the run's own
+    overrides takes it from the checkpoint (the config's 0 means "from the data", not a difference)."""
+    run = tmp_path / "aux"
+    train(cfg_for(store, run, "steps=4", "ckpt_every=2", "policy.aux_label_weight=0.5"))
+    res = train(cfg_for(store, tmp_path / "resumed", "steps=4", "ckpt_every=2", "policy.aux_label_weight=0.5",
+                        f"resume={run / 'checkpoints' / 'step_0000002'}"))
+    assert res.step == 4 and res.policy.label_head is not None
+
+
 def test_aux_label_classes_need_the_same_label_names_in_every_episode(store, smooth_store):
     assert label_classes([store]) == 3
     with pytest.raises(ValueError, match=r"found \['left', 'right'\] \(.*tiny.zarr episode 0\), \[\] \(.*smooth.zarr"):
