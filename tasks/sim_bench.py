@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +201,11 @@ def _worker(job: PolicyJob, threads: int, parent_pid: int) -> None:
     os.dup2(log.fileno(), 1)
     os.dup2(log.fileno(), 2)
     torch.set_num_threads(threads)
-    _run_job(job)
+    try:
+        _run_job(job)
+    except BaseException:  # the parent sees the exception only when every job is done: log it now
+        traceback.print_exc()
+        raise
 
 
 def _steps_done(job: PolicyJob) -> int:
@@ -232,7 +237,12 @@ def _run_parallel(jobs: list[PolicyJob], n_jobs: int) -> None:
         futures = {pool.submit(_worker, job, threads, os.getpid()): job for job in jobs}
         pending = set(futures)
         while pending:
-            _, pending = wait(pending, timeout=2.0)
+            finished, pending = wait(pending, timeout=2.0)
+            for future in finished:  # say so at once; the other jobs go on
+                if future.exception() is not None:
+                    job = futures[future]
+                    bar.write(f"bench job {job.name} failed: {future.exception()!r} (traceback in "
+                              f"{job.run / 'bench_job.log'}); the other jobs go on")
             done = [_steps_done(j) for j in jobs]
             bar.update(sum(done) - bar.n)
             bar.set_postfix_str(" ".join(

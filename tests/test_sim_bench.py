@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.sim_bench import bench_main, wilson_interval
+from tasks.sim_bench import PolicyJob, _run_parallel, bench_main, wilson_interval
 from tasks.sim_cli import compose_config, main
 from tasks.sim_eval import load_policy
 
@@ -183,3 +183,16 @@ def test_bench_workers_end_when_the_bench_is_killed(tmp_path):
     if not ended():
         os.kill(child, signal.SIGKILL)
         pytest.fail(f"worker {child} outlived its killed parent by 10 s")
+
+
+def test_a_failed_bench_job_is_reported_at_once_with_its_traceback_in_its_log(tmp_path, capsys):
+    run = tmp_path / "movesense_lr-groot"
+    job = PolicyJob(task="movesense_lr", policy="groot", run=run, steps=2, trials=2, eval_seed=1_000_000,
+                    train=(f"data.paths=[{tmp_path / 'missing.zarr'}]", "policy=groot", "model=tiny", "steps=2",
+                           f"out_dir={run}"))
+    with pytest.raises(RuntimeError, match="bench job movesense_lr-groot failed"):
+        _run_parallel([job], 1)
+    out = capsys.readouterr()
+    assert "bench job movesense_lr-groot failed: FileNotFoundError" in out.out + out.err
+    log = (run / "bench_job.log").read_text()
+    assert "Traceback (most recent call last)" in log and "missing.zarr" in log
