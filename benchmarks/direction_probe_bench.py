@@ -120,8 +120,7 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
     # min_motion_frames 0: train on every window as the policy's label loss does (classes none / label 0 /
     # label 1), test on the windows whose circle has moved for 3 frames (is the direction learnt?)
     n_classes = 3 if min_motion_frames == 0 else 2
-    x_te, y_te = motion_windows(Path(store_path), range(n_train, n_train + n_test), max(min_motion_frames, 3)
-                                if n_classes == 3 else min_motion_frames)
+    x_te, y_te = motion_windows(Path(store_path), range(n_train, n_train + n_test), min_motion_frames or 3)
     y_tr, y_te = (y_tr + 1, y_te + 1) if n_classes == 3 else (y_tr, y_te)
     width = int(cfg.model.backbone.hidden_size if through_backbone else cfg.model.vision.hidden_size)
     head = nn.Linear(2 * width, n_classes)

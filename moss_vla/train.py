@@ -292,7 +292,8 @@ class MetricsLog:
         if enabled:
             if self.path.exists():  # resuming: keep the history up to the checkpoint (later rows are redone)
                 self.rows = [r for r in csv.DictReader(self.path.open()) if int(r["step"]) <= start]
-                self.elapsed0 = float(self.rows[-1].get("elapsed_s") or 0.0) if self.rows else 0.0
+                if self.rows:
+                    self.elapsed0 = float(self.rows[-1].get("elapsed_s") or 0.0)
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"))
@@ -368,10 +369,11 @@ def train(cfg: DictConfig) -> TrainResult:
         optimizer, lambda s: lr_lambda(s, cfg.optim.warmup_steps, cfg.steps, cfg.optim.min_lr_ratio)
     )
     if cfg.resume:
-        saved = [len(g["params"]) for g in state["optimizer"]["param_groups"]]
-        if saved != [len(g["params"]) for g in optimizer.param_groups]:
+        saved, now = ([len(g["params"]) for g in groups]
+                      for groups in (state["optimizer"]["param_groups"], optimizer.param_groups))
+        if saved != now:
             raise ValueError(f"{cfg.resume}: its optimizer state groups {saved} parameters for weight decay / none, "
-                             f"this version groups {[len(g['params']) for g in optimizer.param_groups]} (decay by "
+                             f"this version groups {now} (decay by "
                              f"shape since 2026-12-02): continue it with the moss-vla version that wrote it, or "
                              f"start a new run")
         optimizer.load_state_dict(state["optimizer"])

@@ -378,11 +378,7 @@ def bench_main(overrides: list[str], config_name: str = "bench") -> int:
     bench = run_bench(cfg)
     out = write_results(cfg, bench)
     _stage(f"success rate (%) over closed-loop trials in the simulated rig, {bench['wall_seconds'] / 60:.1f} min")
-    print(table_markdown(bench["table"], list(cfg.policies)))
-    print("failed trials by reason:")
-    print(failures_markdown(bench["table"], list(cfg.policies)))
-    print("wall time per run:")
-    print(minutes_markdown(bench["table"], list(cfg.policies)))
+    print(out.with_suffix(".md").read_text())  # success, failures by reason, minutes per run
     print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}; per-run plots: "
           f"{cfg.work_dir}/<task>-<policy>/checkpoints/step_*/eval_<task>/results.png")
     return 0
