@@ -350,3 +350,55 @@ def test_aux_label_loss_is_added_and_reaches_the_vision_tower():
     with pytest.raises(KeyError, match="lacks 'stim_label'"):
         policy(b)
     assert tiny_policy("moss").label_head is None  # off by default: no extra parameters
+
+
+@pytest.mark.parametrize("variant, overrides", [("groot", {}), ("contextvla", {}), ("moss", {}),
+                                                ("moss", {"backbone__context_compression": False})])
+def test_label_head_reads_exactly_the_current_frame_tokens(variant, overrides):
+    """current_frame_positions are the newest frame's VL output positions: changing only the newest frame's
+    vision tokens moves those (and the text, and the context token), no earlier frame's; the label head's
+    logits depend on those positions only."""
+    policy = tiny_policy(variant, aux_label_classes=3, **overrides).eval()
+    cfg, bb = policy.config, policy.backbone
+    T, n = cfg.n_frames, bb.tokens_per_frame
+    frames = torch.randn(1, T, n, cfg.backbone.hidden_size)
+    text, mask = policy._text(INSTRUCTION, 1)
+    changed = frames.clone()
+    changed[:, -1] += torch.randn(n, frames.shape[-1])
+    with torch.no_grad():
+        (out, valid), (out2, _) = bb(frames, text, mask), bb(changed, text, mask)
+        moved = ((out2 - out).abs().amax(-1) > 1e-5)[0]  # (N,)
+        frame = bb.current_frame_positions()
+        n_vision = out.shape[1] - text.shape[1]
+        assert frame.stop - frame.start == n and frame.stop <= n_vision
+        # besides the frame's own positions, only the context token (which attends to the current frame
+        # in the blocks after the compression) moves; earlier frames' positions do not
+        expected = set(range(frame.start, frame.stop)) | ({0} if bb.compress else set())
+        assert set(torch.nonzero(moved[:n_vision]).flatten().tolist()) == expected
+        logits = policy.label_logits(out, valid)
+        elsewhere = out.clone()
+        outside = torch.ones(out.shape[1], dtype=torch.bool)
+        outside[frame] = False
+        elsewhere[:, outside] += 5 * torch.randn(int(outside.sum()), out.shape[-1])
+        assert torch.equal(policy.label_logits(elsewhere, valid), logits)
+        inside = out.clone()
+        inside[:, frame] += torch.randn(n, out.shape[-1])
+        assert (policy.label_logits(inside, valid) - logits).abs().max() > 1e-4
+        # "all" (the reading before this option) sees the other tokens too
+        policy.config.aux_label_tokens = "all"
+        assert (policy.label_logits(elsewhere, valid) - policy.label_logits(out, valid)).abs().max() > 1e-4
+
+
+def test_checkpoint_saved_before_aux_label_tokens_keeps_reading_all_tokens(tmp_path):
+    policy = tiny_policy("moss", aux_label_classes=3)
+    assert policy.config.aux_label_tokens == "current_frame"  # the configs' default
+    policy.save_pretrained(tmp_path / "ckpt")
+    saved = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert MossVLAPolicy.from_pretrained(tmp_path / "ckpt").config.aux_label_tokens == "current_frame"
+    del saved["aux_label_tokens"]  # as written before the option existed
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(saved))
+    assert MossVLAPolicy.from_pretrained(tmp_path / "ckpt").config.aux_label_tokens == "all"
+    with pytest.raises(ValueError, match=r"aux_label_tokens: expected 'current_frame', checkpoint has 'all'"):
+        MossVLAPolicy.from_pretrained(tmp_path / "ckpt", expected_config=policy.config)
+    with pytest.raises(ValueError, match=r"aux_label_tokens must be one of \('current_frame', 'all'\), got 'newest'"):
+        tiny_config("moss", aux_label_tokens="newest")

@@ -86,6 +86,13 @@ class VLBackbone(nn.Module):
         self.compress = cfg.context_compression and n_frames > 1
         self.n_early = cfg.compress_after if self.compress else cfg.num_layers
 
+    def current_frame_positions(self) -> slice:
+        """Where the newest frame's tokens sit in :meth:`forward`'s output: after the context token
+        with compression ([context, frame_{T-1}, text]), else after the T-1 earlier frames."""
+        n = self.tokens_per_frame
+        start = 1 if self.compress else (self.n_frames - 1) * n
+        return slice(start, start + n)
+
     # ---- embeddings ------------------------------------------------------------------------------
     def embed_frames(self, tokens: Tensor) -> Tensor:
         """(B, T, h*w, C_v) vision tokens -> (B, T, n, D) with n = pool_grid^2."""

@@ -20,6 +20,7 @@ from typing import Any
 
 TEMPORAL_MODULES = ("moss", "selfy", "framediff", "none")
 NORMALIZATION_MODES = ("min_max", "mean_std")
+AUX_LABEL_TOKENS = ("current_frame", "all")
 
 
 @dataclass
@@ -121,6 +122,9 @@ class MossVLAConfig:
     # no interaction in progress, 1 + i: label i), added to the flow-matching loss with this weight.
     aux_label_weight: float = 0.0
     aux_label_classes: int = 0  # 1 + the task's number of labels; moss-train sets it from the store
+    # which VL tokens the label head pools: "current_frame" (the newest frame's tokens) or "all" (every
+    # valid token: context, frames and text; what checkpoints saved before this option read)
+    aux_label_tokens: str = "current_frame"
     vision: VisionConfig = field(default_factory=VisionConfig)
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -166,6 +170,8 @@ class MossVLAConfig:
         if self.aux_label_weight < 0 or self.aux_label_classes < 0:
             raise ValueError(f"aux_label_weight and aux_label_classes must be >= 0, got {self.aux_label_weight} "
                              f"and {self.aux_label_classes}")
+        if self.aux_label_tokens not in AUX_LABEL_TOKENS:
+            raise ValueError(f"aux_label_tokens must be one of {AUX_LABEL_TOKENS}, got {self.aux_label_tokens!r}")
         if self.aux_label_weight > 0 and self.aux_label_classes < 2:
             raise ValueError(f"aux_label_weight = {self.aux_label_weight} needs aux_label_classes >= 2 (1 + the "
                              f"task's labels; moss-train sets it from the store), got {self.aux_label_classes}")

@@ -57,8 +57,8 @@ class MossVLAPolicy(nn.Module):
         self.action_head = ActionHead(config.action_head, config.state_dim, config.action_dim,
                                       config.backbone.hidden_size)
         self.normalizer = Normalizer(config.state_dim, config.action_dim, config.normalization, stats)
-        # auxiliary stimulus-label head on [mean, max] of the VL tokens (training only; see
-        # MossVLAConfig.aux_label_weight)
+        # auxiliary stimulus-label head on [mean, max] of VL tokens (training only; see
+        # MossVLAConfig.aux_label_weight / aux_label_tokens)
         self.label_head = (nn.Linear(2 * config.backbone.hidden_size, config.aux_label_classes)
                            if config.aux_label_classes else None)
         self.cache = FrameCache(self)
@@ -160,10 +160,15 @@ class MossVLAPolicy(nn.Module):
         return F.cross_entropy(logits, target), float((logits.argmax(1) == target).float().mean())
 
     def label_logits(self, vl: Tensor, vl_mask: Tensor) -> Tensor:
-        """The label head on the mean and the max of the valid VL features (B, N, D) -> (B, classes);
-        class 0 is "no stimulus label", class 1 + i the label i."""
+        """The label head on the mean and the max of the valid VL features (B, N, D) -> (B, classes), of
+        the newest frame's tokens only or of all (``aux_label_tokens``); class 0 is "no stimulus label",
+        class 1 + i the label i."""
         if self.label_head is None:
             raise RuntimeError("this policy has no label head (trained with aux_label_weight = 0)")
+        if self.config.aux_label_tokens == "current_frame":  # the turn of a circle lives in these tokens;
+            # pooled with the context and text tokens it stayed at chance (README, CW/CCW)
+            frame = self.backbone.current_frame_positions()
+            vl, vl_mask = vl[:, frame], vl_mask[:, frame]  # (B, n, D)
         m = vl_mask[..., None].to(vl.dtype)
         mean = (vl * m).sum(1) / m.sum(1).clamp_min(1.0)  # (B, D)
         peak = vl.masked_fill(m == 0, float("-inf")).amax(1)  # (B, D)
@@ -282,8 +287,10 @@ class MossVLAPolicy(nn.Module):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a MossVLAPolicy checkpoint "
                                         "(save_pretrained writes config.json and model.safetensors)")
-        config = MossVLAConfig.from_dict(json.loads((directory / CONFIG_NAME).read_text()),
-                                         source=str(directory / CONFIG_NAME))
+        saved = json.loads((directory / CONFIG_NAME).read_text())
+        if saved.get("aux_label_classes"):
+            saved.setdefault("aux_label_tokens", "all")  # a label head saved before the option pooled every token
+        config = MossVLAConfig.from_dict(saved, source=str(directory / CONFIG_NAME))
         if expected_config is not None:
             check_same_architecture(expected_config, config, str(directory))
         policy = cls(config, stats=None, load_pretrained_vision=False)
