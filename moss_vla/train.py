@@ -227,7 +227,7 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
     training RNG streams are left as they were (validation does not change the training run)."""
     was_training = policy.training
     policy.eval()
-    losses, errs, first_errs, aux = [], [], [], []
+    losses, errs, first_errs, aux, labels = [], [], [], [], []
     # manual_seed also seeds the GPU's generator: fork it too, so training noise on a GPU is untouched
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -238,6 +238,7 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
             losses.append(stats.get("action_loss", float(loss)))  # the flow-matching loss, comparable across runs
             if "aux_label_loss" in stats:
                 aux.append((stats["aux_label_loss"], stats["aux_label_acc"]))
+                labels.append(batch["stim_label"].long().cpu() + 1)
             pred = policy.sample_from_features(vl, vl_mask, batch["state"].float(), seed)  # (B, H, A), unnormalised
             target = batch["action"]
             valid = ~batch["action_is_pad"]  # (B, H)
@@ -251,6 +252,9 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
            "val_first_action_mae": float(np.mean(first_errs))}
     if aux:
         out["val_aux_label_loss"], out["val_aux_label_acc"] = (float(v) for v in np.mean(aux, 0))
+        # what always answering the commonest class scores on these windows: the bar the accuracy must clear
+        counts = torch.bincount(torch.cat(labels))
+        out["val_aux_label_majority"] = float(counts.max() / counts.sum())
     return out
 
 

@@ -160,6 +160,9 @@ def test_validation_encodes_once_and_matches_forward_plus_predict(store, tmp_pat
     err = (pred - batch["action"]).abs().mean(-1)
     assert got["val_loss"] == pytest.approx(ref["action_loss"], rel=1e-6)
     assert got["val_aux_label_acc"] == pytest.approx(ref["aux_label_acc"])
+    counts = torch.bincount(batch["stim_label"] + 1)
+    assert (counts > 0).sum() >= 2, "the test batch should hold more than one label"
+    assert got["val_aux_label_majority"] == pytest.approx(float(counts.max() / counts.sum()))
     assert got["val_action_mae"] == pytest.approx(float(err[~batch["action_is_pad"]].mean()), rel=1e-6)
 
 
