@@ -237,8 +237,11 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
             loss, stats = policy.loss_from_features(vl, vl_mask, batch)
             losses.append(stats.get("action_loss", float(loss)))  # the flow-matching loss, comparable across runs
             if "aux_label_loss" in stats:
-                aux.append((stats["aux_label_loss"], stats["aux_label_acc"]))
-                labels.append(batch["stim_label"].long().cpu() + 1)
+                target, counted = policy.label_targets(batch)
+                n = int(counted.sum())  # windows that count for the label (weighs the batch's numbers)
+                if n:
+                    aux.append((stats["aux_label_loss"] * n, stats["aux_label_acc"] * n, n))
+                    labels.append(target[counted].cpu())
             pred = policy.sample_from_features(vl, vl_mask, batch["state"].float(), seed)  # (B, H, A), unnormalised
             target = batch["action"]
             valid = ~batch["action_is_pad"]  # (B, H)
@@ -251,7 +254,8 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
     out = {"val_loss": float(np.mean(losses)), "val_action_mae": float(np.mean(errs)),
            "val_first_action_mae": float(np.mean(first_errs))}
     if aux:
-        out["val_aux_label_loss"], out["val_aux_label_acc"] = (float(v) for v in np.mean(aux, 0))
+        loss_sum, hits, n = np.sum(aux, 0)
+        out["val_aux_label_loss"], out["val_aux_label_acc"] = float(loss_sum / n), float(hits / n)
         # what always answering the commonest class scores on these windows: the bar the accuracy must clear
         counts = torch.bincount(torch.cat(labels))
         out["val_aux_label_majority"] = float(counts.max() / counts.sum())

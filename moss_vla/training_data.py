@@ -48,6 +48,8 @@ def build_datasets(cfg: DictConfig, n_frames: int, horizon: int) -> tuple[Datase
     from moss_vla.episodes import WindowDataset
 
     ds_cfg = OmegaConf.merge(cfg.dataset, {"n_frames": int(n_frames), "horizon": int(horizon)})
+    if not cfg.policy.get("aux_label_weight", 0):  # the evidence only gates the label loss: do not require it
+        ds_cfg.label_evidence = None
     trains, vals, parts = [], [], []
     for path in _store_paths(cfg.data.paths):
         try:

@@ -18,6 +18,7 @@ from moss_vla.episodes import normalization as norm
 from moss_vla.episodes.synthetic import synthetic_episode, write_episode
 from moss_vla.episodes.window_dataset import (
     AugmentConfig,
+    LabelEvidence,
     WindowDataset,
     augment_window,
     colour_matrix,
@@ -230,3 +231,25 @@ def test_from_hydra_config_and_dataloader_workers(store_path, tmp_path):
         ref = val[j]
         torch.testing.assert_close(b["image"][j], ref["image"])
         torch.testing.assert_close(b["action"][j], ref["action"])
+
+
+@pytest.mark.parametrize("min_frames", [1, 3])
+def test_label_evidence_counts_the_windows_own_frames_in_the_phases(store_path, min_frames):
+    """stim_evidence: >= min_frames of the window's frames (within its episode, padding not counted)
+    are in one of the phases; checked against a count over each window; no config: always True."""
+    store = EpisodeStore(store_path)
+    phase, names = store.read("stim_phase"), store.episode_metas[0]["phase_names"]
+    ds = WindowDataset(store_path, n_frames=4, label_evidence={"phases": ["moving", "flying"], "min_frames": min_frames})
+    seen = []
+    for k in range(len(ds)):
+        frames, pad, _, _ = ds.window_indices(k)
+        expected = int(sum(names[phase[f]] == "moving" for f in frames[~pad])) >= min_frames
+        assert ds[k]["stim_evidence"] == expected, k
+        seen.append(expected)
+    assert any(seen) and not all(seen)  # the synthetic phases are random: both cases occur
+    assert all(WindowDataset(store_path, n_frames=4)[k]["stim_evidence"] for k in range(len(ds)))
+    with pytest.raises(ValueError, match=r"none of the label_evidence phases \['hold'\] is among its phase_names "
+                                         r"\['idle', 'moving', 'respond'\]"):
+        WindowDataset(store_path, label_evidence=LabelEvidence(("hold",)))
+    with pytest.raises(ValueError, match=r"unknown label_evidence key\(s\) \['frames'\]"):
+        WindowDataset(store_path, label_evidence={"frames": 3})

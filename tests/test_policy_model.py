@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -350,6 +351,29 @@ def test_aux_label_loss_is_added_and_reaches_the_vision_tower():
     with pytest.raises(KeyError, match="lacks 'stim_label'"):
         policy(b)
     assert tiny_policy("moss").label_head is None  # off by default: no extra parameters
+
+
+def test_label_loss_counts_only_windows_that_show_their_label():
+    """stim_evidence False: a window whose frames cannot show its label is left out of the label loss
+    (whatever its label); a window without an interaction (-1, "none") always counts."""
+    policy = tiny_policy("moss", aux_label_weight=0.5, aux_label_classes=3).eval()
+    vl, vl_mask = policy.encode(batch(policy.config)["image"], INSTRUCTION)
+    logits = policy.label_logits(vl, vl_mask)
+
+    def label_loss(labels, evidence):
+        b = {"stim_label": torch.tensor(labels), "stim_evidence": torch.tensor(evidence)}
+        return policy.label_loss(vl, vl_mask, b)
+
+    only_first = torch.nn.functional.cross_entropy(logits[:1], torch.tensor([2]))
+    for other in (0, 1):
+        loss, acc = label_loss([1, other], [True, False])
+        assert torch.allclose(loss, only_first) and acc == float(logits[0].argmax() == 2)
+    none_counts, _ = label_loss([1, -1], [True, False])
+    assert torch.allclose(none_counts, torch.nn.functional.cross_entropy(logits, torch.tensor([2, 0])))
+    nothing, acc = label_loss([0, 1], [False, False])
+    assert float(nothing.detach()) == 0.0 and math.isnan(acc)  # no window to score
+    everything, _ = policy.label_loss(vl, vl_mask, {"stim_label": torch.tensor([0, 1])})  # no evidence key
+    assert torch.allclose(everything, torch.nn.functional.cross_entropy(logits, torch.tensor([1, 2])))
 
 
 @pytest.mark.parametrize("variant, overrides", [("groot", {}), ("contextvla", {}), ("moss", {}),

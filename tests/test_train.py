@@ -19,6 +19,7 @@ from torch.utils.data import default_collate
 
 from moss_vla.episodes import EpisodeWriter
 from moss_vla.episodes.synthetic import make_synthetic_store
+from moss_vla.episodes.window_dataset import LabelEvidence
 from moss_vla.paths import CONFIG_DIR
 from moss_vla.policy import make_policy
 from moss_vla.train import evaluate, param_groups, train, validation_subset
@@ -160,7 +161,8 @@ def test_validation_encodes_once_and_matches_forward_plus_predict(store, tmp_pat
     err = (pred - batch["action"]).abs().mean(-1)
     assert got["val_loss"] == pytest.approx(ref["action_loss"], rel=1e-6)
     assert got["val_aux_label_acc"] == pytest.approx(ref["aux_label_acc"])
-    counts = torch.bincount(batch["stim_label"] + 1)
+    target, counted = policy.label_targets(batch)
+    counts = torch.bincount(target[counted])
     assert (counts > 0).sum() >= 2, "the test batch should hold more than one label"
     assert got["val_aux_label_majority"] == pytest.approx(float(counts.max() / counts.sum()))
     assert got["val_action_mae"] == pytest.approx(float(err[~batch["action_is_pad"]].mean()), rel=1e-6)
@@ -203,6 +205,9 @@ def test_validation_windows_spread_over_all_held_out_episodes():
 def test_aux_label_loss_trains_a_label_head_sized_from_the_store(store, tmp_path):
     """policy.aux_label_weight > 0: moss-train sizes the label head from the store's label_names (none +
     left/right), logs the action and label losses apart and the validation label accuracy."""
+    for weight, evidence in ((0.0, None), (0.5, LabelEvidence(("moving", "flying"), 3))):  # the config's default
+        cfg = cfg_for(store, tmp_path / "aux", f"policy.aux_label_weight={weight}")
+        assert build_datasets(cfg, 8, 16)[0].label_evidence == evidence  # only the label loss needs the phases
     res = train(cfg_for(store, tmp_path / "aux", "steps=5", "val_every=5", "policy.aux_label_weight=0.5"))
     assert res.policy.config.aux_label_classes == 3 and res.policy.label_head.out_features == 3
     assert "aux_label_classes: 3" in (tmp_path / "aux" / "config.yaml").read_text()

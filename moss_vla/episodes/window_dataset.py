@@ -4,7 +4,10 @@ Item for global step i of an episode [s, e):
   image (T, 3, H, W) float32 in [0, 1]: frames i-T+1 .. i; before s the frame s is repeated and
       `image_is_pad` marks the repeats (T = 8 at 10 FPS for the multi-frame policy, 1 single-frame);
   state (8,) at i; action (H, 8) for steps i .. i+H-1, past e-1 the last action is repeated and
-      `action_is_pad` marks it (H = 16); instruction, task, episode, index.
+      `action_is_pad` marks it (H = 16); instruction, task, episode, index;
+  stim_label at i (-1: no interaction) and stim_evidence: whether at least `label_evidence.min_frames`
+      of the window's own frames show the stimulus in one of `label_evidence.phases` (always True
+      without a label_evidence config), i.e. whether the display in this window can tell the label.
 Small arrays (state, action) are cached in RAM; images are read per window from a zarr handle
 opened lazily in each process, so DataLoader workers (num_workers > 0) each get their own.
 """
@@ -113,6 +116,30 @@ def augment_window(raw: np.ndarray, cfg: AugmentConfig, gen: torch.Generator | N
     return y.clamp_(0.0, 1.0).reshape(t, h, w, ch).permute(0, 3, 1, 2)
 
 
+@dataclass
+class LabelEvidence:
+    """When a window's frames show its stimulus label: at least ``min_frames`` of them in one of
+    ``phases`` (the episodes' phase_names). For the auxiliary label loss: a CW/CCW circle at rest after
+    its motion shows no direction, so its label there is not trained (a pixel-identical window of a
+    still circle would be asked for both turns)."""
+
+    phases: tuple[str, ...] = ("moving", "flying")
+    min_frames: int = 3
+
+    @classmethod
+    def from_any(cls, cfg: Any) -> LabelEvidence | None:
+        if cfg is None or isinstance(cfg, LabelEvidence):
+            return cfg
+        d = dict(cfg)
+        bad = sorted(set(d) - {f.name for f in fields(cls)})
+        if bad:
+            raise ValueError(f"unknown label_evidence key(s) {bad}; known: phases, min_frames")
+        out = cls(tuple(d.get("phases", cls.phases)), int(d.get("min_frames", cls.min_frames)))
+        if out.min_frames < 1 or not out.phases:
+            raise ValueError(f"label_evidence needs phases and min_frames >= 1, got {out}")
+        return out
+
+
 def split_episodes(n_episodes: int, val_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
     """Deterministic train/validation split by episode. At least one validation episode whenever
     val_fraction > 0 and there are two or more episodes."""
@@ -136,6 +163,7 @@ class WindowDataset(Dataset):
         n_frames: int = 8,
         horizon: int = 16,
         augment: AugmentConfig | dict | None = None,
+        label_evidence: LabelEvidence | dict | None = None,
     ) -> None:
         if n_frames < 1 or horizon < 1:
             raise ValueError(f"n_frames and horizon must be >= 1, got {n_frames}, {horizon}")
@@ -162,7 +190,27 @@ class WindowDataset(Dataset):
         self._frame = np.concatenate([np.arange(self._starts[e], self._ends[e]) for e in self.episodes]
                                      ) if self.episodes else np.zeros(0, np.int64)
         self._episode = np.repeat(np.array(self.episodes, dtype=np.int64), lengths)
+        self.label_evidence = LabelEvidence.from_any(label_evidence)
+        self._evidence = (None if self.label_evidence is None  # (frames in store,) bool
+                          else self._label_evidence(store, self.label_evidence))
         self._images = None  # FrameChunkReader (or zarr array), opened lazily per process
+
+    def _label_evidence(self, store: EpisodeStore, ev: LabelEvidence) -> np.ndarray:
+        """Per store frame i: do the window's frames max(s, i-T+1) .. i hold >= min_frames evidence frames?"""
+        phase = store.read("stim_phase")
+        out = np.zeros(len(phase), bool)
+        for e in self.episodes:
+            names = list(store.episode_metas[e].get("phase_names") or [])
+            ids = [names.index(p) for p in ev.phases if p in names]
+            if not ids:
+                raise ValueError(f"{self.path} episode {e}: none of the label_evidence phases {list(ev.phases)} is "
+                                 f"among its phase_names {names}; set dataset.label_evidence.phases to the phases "
+                                 "in which the display shows the label (or dataset.label_evidence=null: every frame)")
+            s, end = int(self._starts[e]), int(self._ends[e])
+            count = np.concatenate([[0], np.cumsum(np.isin(phase[s:end], ids))])  # evidence frames before t
+            t = np.arange(end - s)
+            out[s:end] = count[t + 1] - count[np.maximum(t + 1 - self.n_frames, 0)] >= ev.min_frames
+        return out
 
     def __len__(self) -> int:
         return len(self._frame)
@@ -213,6 +261,7 @@ class WindowDataset(Dataset):
             "action": torch.from_numpy(self._action[actions]),  # (H, 8)
             "action_is_pad": torch.from_numpy(action_pad),  # (H,)
             "stim_label": int(self._stim_label[i]),  # -1: no interaction in progress
+            "stim_evidence": True if self._evidence is None else bool(self._evidence[i]),
             "instruction": self._instruction[e],
             "task": self._task[e],
             "episode": e,
@@ -233,8 +282,10 @@ class WindowDataset(Dataset):
         if not train_eps:
             raise ValueError(f"{path}: no training episodes (the store has {store.n_episodes})")
         aug = cfg.get("augment") if hasattr(cfg, "get") else getattr(cfg, "augment", None)
-        train = cls(path, train_eps, cfg.n_frames, cfg.horizon, augment=aug)
-        val = cls(path, val_eps, cfg.n_frames, cfg.horizon, augment=None) if val_eps else None
+        evidence = cfg.get("label_evidence") if hasattr(cfg, "get") else getattr(cfg, "label_evidence", None)
+        train = cls(path, train_eps, cfg.n_frames, cfg.horizon, augment=aug, label_evidence=evidence)
+        val = (cls(path, val_eps, cfg.n_frames, cfg.horizon, augment=None, label_evidence=evidence)
+               if val_eps else None)
         stats_path = cfg.get("stats_path") if hasattr(cfg, "get") else None
         stats = load_or_compute_stats(store, train_eps, stats_path)
         return train, val, stats

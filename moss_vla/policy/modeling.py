@@ -145,24 +145,36 @@ class MossVLAPolicy(nn.Module):
         return loss, {"loss": float(loss.detach()), **stats}
 
     def label_loss(self, vl: Tensor, vl_mask: Tensor, batch: dict[str, Any]) -> tuple[Tensor, float]:
-        """Cross-entropy of the label head on the mean and the max of the valid VL features against the
-        newest frame's ``stim_label`` (-1 -> class 0, label i -> class 1 + i), and the head's accuracy.
+        """Cross-entropy of the label head (:meth:`label_logits`) against the newest frame's ``stim_label``
+        over the windows that count (:meth:`label_targets`), and the head's accuracy there (nan if none)."""
+        target, counted = self.label_targets(batch)
+        logits = self.label_logits(vl, vl_mask)[counted]
+        target = target[counted]
+        if not len(target):  # no window of the batch shows its label: nothing to learn from it
+            return logits.sum() * 0.0, float("nan")
+        return F.cross_entropy(logits, target), float((logits.argmax(1) == target).float().mean())
 
-        The max matters: a small moving stimulus lights up one or two tokens, and a mean over all of
-        them alone left the label at chance (README, Table 5 section)."""
+    def label_targets(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Label-head classes (B,) of a batch (``stim_label`` -1 -> 0, label i -> 1 + i) and which windows
+        count (B,) bool: those without an interaction and those whose frames show the label
+        (``stim_evidence``, see WindowDataset; all count without it)."""
         if "stim_label" not in batch:
             raise KeyError(f"aux_label_weight > 0 but the training batch lacks 'stim_label' (has {sorted(batch)})")
         target = batch["stim_label"].to(self.device).long() + 1
         if int(target.min()) < 0 or int(target.max()) >= self.config.aux_label_classes:
             raise ValueError(f"stim_label values {sorted(set((target - 1).tolist()))} do not fit aux_label_classes = "
                              f"{self.config.aux_label_classes} (-1 and 0..{self.config.aux_label_classes - 2})")
-        logits = self.label_logits(vl, vl_mask)
-        return F.cross_entropy(logits, target), float((logits.argmax(1) == target).float().mean())
+        evidence = batch.get("stim_evidence")
+        counted = torch.ones_like(target, dtype=torch.bool) if evidence is None else evidence.to(self.device).bool()
+        return target, counted | (target == 0)
 
     def label_logits(self, vl: Tensor, vl_mask: Tensor) -> Tensor:
         """The label head on the mean and the max of the valid VL features (B, N, D) -> (B, classes), of
         the newest frame's tokens only or of all (``aux_label_tokens``); class 0 is "no stimulus label",
-        class 1 + i the label i."""
+        class 1 + i the label i.
+
+        The max matters: a small moving stimulus lights up one or two tokens, and a mean over all of
+        them alone left the label at chance (README, Table 5 section)."""
         if self.label_head is None:
             raise RuntimeError("this policy has no label head (trained with aux_label_weight = 0)")
         if self.config.aux_label_tokens == "current_frame":  # the turn of a circle lives in these tokens;
