@@ -237,11 +237,11 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
             loss, stats = policy.loss_from_features(vl, vl_mask, batch)
             losses.append(stats.get("action_loss", float(loss)))  # the flow-matching loss, comparable across runs
             if "aux_label_loss" in stats:
-                target, counted = policy.label_targets(batch)
+                label, counted = policy.label_targets(batch)
                 n = int(counted.sum())  # windows that count for the label (weighs the batch's numbers)
                 if n:
                     aux.append((stats["aux_label_loss"] * n, stats["aux_label_acc"] * n, n))
-                    labels.append(target[counted].cpu())
+                    labels.append(label[counted].cpu())
             pred = policy.sample_from_features(vl, vl_mask, batch["state"].float(), seed)  # (B, H, A), unnormalised
             target = batch["action"]
             valid = ~batch["action_is_pad"]  # (B, H)

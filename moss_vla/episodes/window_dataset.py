@@ -281,8 +281,10 @@ class WindowDataset(Dataset):
         train_eps, val_eps = split_episodes(store.n_episodes, float(cfg.val_fraction), int(cfg.split_seed))
         if not train_eps:
             raise ValueError(f"{path}: no training episodes (the store has {store.n_episodes})")
-        aug = cfg.get("augment") if hasattr(cfg, "get") else getattr(cfg, "augment", None)
-        evidence = cfg.get("label_evidence") if hasattr(cfg, "get") else getattr(cfg, "label_evidence", None)
+        def option(key: str) -> Any:  # a DictConfig / dict node or an object with attributes
+            return cfg.get(key) if hasattr(cfg, "get") else getattr(cfg, key, None)
+
+        aug, evidence = option("augment"), option("label_evidence")
         train = cls(path, train_eps, cfg.n_frames, cfg.horizon, augment=aug, label_evidence=evidence)
         val = (cls(path, val_eps, cfg.n_frames, cfg.horizon, augment=None, label_evidence=evidence)
                if val_eps else None)
