@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -253,3 +254,15 @@ def test_label_evidence_counts_the_windows_own_frames_in_the_phases(store_path, 
         WindowDataset(store_path, label_evidence=LabelEvidence(("hold",)))
     with pytest.raises(ValueError, match=r"unknown label_evidence key\(s\) \['frames'\]"):
         WindowDataset(store_path, label_evidence={"frames": 3})
+
+
+def test_label_evidence_longer_than_the_window_warns(store_path):
+    """A single-frame window can never hold 3 evidence frames: the label loss would train 'none' only
+    (the groot baseline with the label recipe), which the user is told."""
+    with pytest.warns(UserWarning, match=r"label_evidence.min_frames=3 > the window's 1 frame\(s\): no labelled window "
+                                         r"counts"):
+        ds = WindowDataset(store_path, n_frames=1, label_evidence={"min_frames": 3})
+    assert not any(ds[k]["stim_evidence"] for k in range(len(ds)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        WindowDataset(store_path, n_frames=3, label_evidence={"min_frames": 3})

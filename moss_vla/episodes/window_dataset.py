@@ -15,6 +15,7 @@ opened lazily in each process, so DataLoader workers (num_workers > 0) each get 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -191,6 +192,12 @@ class WindowDataset(Dataset):
                                      ) if self.episodes else np.zeros(0, np.int64)
         self._episode = np.repeat(np.array(self.episodes, dtype=np.int64), lengths)
         self.label_evidence = LabelEvidence.from_any(label_evidence)
+        if self.label_evidence is not None and self.label_evidence.min_frames > self.n_frames:
+            # e.g. the single-frame groot baseline: its label loss then trains "none" only; legitimate, but say so
+            warnings.warn(f"{self.path}: label_evidence.min_frames={self.label_evidence.min_frames} > the window's "
+                          f"{self.n_frames} frame(s): no labelled window counts, so the label loss learns only 'no "
+                          "interaction' (set dataset.label_evidence.min_frames <= n_frames, or "
+                          "dataset.label_evidence=null to count every window)", stacklevel=2)
         self._evidence = (None if self.label_evidence is None  # (frames in store,) bool
                           else self._label_evidence(store, self.label_evidence))
         self._images = None  # FrameChunkReader (or zarr array), opened lazily per process
