@@ -23,7 +23,8 @@ and final accuracy, seconds per step. Results: results/direction_probe.{json,png
 
 ``--task movesense_rot`` asks the same of MoveSense CW/CCW (labels cw / ccw; the path's centre, radius and
 phase are random, so only the turn of the circle's velocity across frames tells them apart); its results
-go to results/direction_probe_movesense_rot.{json,png}.
+go to results/direction_probe_movesense_rot.{json,png}. ``--task pongpredict`` asks for the region of the
+right wall the flying ball will hit (three labels; windows end on a frame of the ball in flight).
 
 Run: ``.venv/bin/python benchmarks/direction_probe_bench.py [--task movesense_lr] [--steps 300] [--episodes 20] [--jobs 2]``
 """
@@ -61,6 +62,7 @@ POOL_GRID = {"moss_p8_pool4": 4}
 # auxiliary label head does) or over the current frame's tokens only ("frame")
 THROUGH_BACKBONE = {"moss_p8_vl": "all", "moss_p8_vl_frame": "frame"}
 T = 8  # frames per window, as the policies
+TITLES = {"movesense_lr": "MoveSense L/R", "movesense_rot": "MoveSense CW/CCW", "pongpredict": "PongPredict"}
 
 
 def collect_store(path: Path, task: str, episodes: int, seed: int) -> Path:
@@ -76,9 +78,9 @@ def collect_store(path: Path, task: str, episodes: int, seed: int) -> Path:
 
 
 def motion_windows(store_path: Path, episodes: range, min_motion_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """(N, T, 3, H, W) uint8 windows ending on a frame with the circle moving for at least
-    `min_motion_frames` frames (0: every window), and their labels (the store's stim_label: 0 left / cw,
-    1 right / ccw, -1 none)."""
+    """(N, T, 3, H, W) uint8 windows ending on a frame with the stimulus moving (MoveSense's circle
+    `moving`, PongPredict's ball `flying`: phase 2 of both) for at least `min_motion_frames` frames (0:
+    every window), and their labels (the store's stim_label: 0 left / cw / the first region, ..., -1 none)."""
     from moss_vla.episodes.store import EpisodeStore
 
     store = EpisodeStore(store_path)
@@ -119,9 +121,10 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
     x_tr, y_tr = motion_windows(Path(store_path), range(n_train), min_motion_frames)
     # min_motion_frames 0: train on every window as the policy's label loss does (classes none / label 0 /
     # label 1), test on the windows whose circle has moved for 3 frames (is the direction learnt?)
-    n_classes = 3 if min_motion_frames == 0 else 2
+    n_labels = len(EpisodeStore(store_path).episode_metas[0]["label_names"])
+    n_classes = n_labels + 1 if min_motion_frames == 0 else n_labels
     x_te, y_te = motion_windows(Path(store_path), range(n_train, n_train + n_test), min_motion_frames or 3)
-    y_tr, y_te = (y_tr + 1, y_te + 1) if n_classes == 3 else (y_tr, y_te)
+    y_tr, y_te = (y_tr + 1, y_te + 1) if n_classes > n_labels else (y_tr, y_te)
     width = int(cfg.model.backbone.hidden_size if through_backbone else cfg.model.vision.hidden_size)
     head = nn.Linear(2 * width, n_classes)
     trained = policy if through_backbone else tower
@@ -181,7 +184,7 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
     chance = max(r["majority_rate"] for r in results.values())
     ax.axhline(chance, color="grey", ls="--", lw=1, label=f"majority class {chance:.2f}")
     ax.set(xlabel="training step (batch of 8-frame windows)", ylabel="test accuracy (unseen episodes)",
-           title=f"{title}: motion direction from the vision tower", ylim=(0.0, 1.02))
+           title=f"{title}: the label from the vision tower", ylim=(0.0, 1.02))
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -190,7 +193,7 @@ def plot(results: dict[str, Any], path: Path, title: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="movesense_lr", choices=["movesense_lr", "movesense_rot"])
+    ap.add_argument("--task", default="movesense_lr", choices=list(TITLES))
     ap.add_argument("--episodes", type=int, default=20, help="episodes collected (3 interactions each)")
     ap.add_argument("--test-episodes", type=int, default=4, help="of those, the last ones are the test set")
     ap.add_argument("--steps", type=int, default=300)
@@ -224,7 +227,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = args.out_name or ("direction_probe" if args.task == "movesense_lr" else f"direction_probe_{args.task}")
     (RESULTS / f"{name}.json").write_text(json.dumps(out, indent=1))
-    plot(results, RESULTS / f"{name}.png", {"movesense_lr": "MoveSense L/R", "movesense_rot": "MoveSense CW/CCW"}[args.task])
+    plot(results, RESULTS / f"{name}.png", TITLES[args.task])
     print(f"\n{'variant':<14} {'majority':>8} {'best':>6} {'final':>6} {'s/step':>7}")
     for v, r in results.items():
         print(f"{v:<14} {r['majority_rate']:8.3f} {r['best_accuracy']:6.3f} {r['final_accuracy']:6.3f} "
