@@ -78,15 +78,17 @@ def test_follows_a_stream_of_10hz_targets(arm):
     assert arm.state().gripper_width == pytest.approx(0.07, abs=0.005)
 
 
-def settle_at(arm: FrankaArm, q: np.ndarray, timeout: float = 5.0) -> np.ndarray:
+def settle_at(arm: FrankaArm, q: np.ndarray, timeout: float = 10.0, tol: float = 0.01) -> np.ndarray:
     """Bring the arm to q with move_to (joint-limit and workspace checks, no step limit) and wait until
-    franky-sim's joints are there; returns the measured position."""
+    franky-sim's joints are there; returns the measured position. Only a starting pose (the tests compare
+    against the measured one): franky-sim closes the last millirad slowly, and a fresh-clone run once
+    found joint 7 5.006 mrad away after 5 s, so 10 mrad and 10 s."""
     arm.move_to(q)
     t_end = time.monotonic() + timeout
-    while time.monotonic() < t_end and np.abs(arm.state().q - q).max() > 0.005:
+    while time.monotonic() < t_end and np.abs(arm.state().q - q).max() > tol:
         time.sleep(0.05)
     measured = arm.state().q
-    assert np.abs(measured - q).max() <= 0.005, f"franky-sim did not settle at {q}: {measured}"
+    assert np.abs(measured - q).max() <= tol, f"franky-sim did not settle at {q}: {measured}"
     return measured
 
 
@@ -124,7 +126,7 @@ def test_rejects_unsafe_targets_before_sending(arm):
         assert arm.n_sent == n_sent, f"{name}: an unsafe target reached franky"
         time.sleep(0.2)
         # nothing moved towards the rejected target (0.06-0.3 rad away); the arm only settles in place
-        np.testing.assert_allclose(arm.state().q, q0, atol=0.01)
+        np.testing.assert_allclose(arm.state().q, q0, atol=0.02)  # q0 is within 0.01 of `near`: the arm may still settle on
         assert not arm.robot.is_in_control
     settle_at(arm, SIM_START_Q)
 
