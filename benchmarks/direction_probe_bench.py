@@ -117,14 +117,15 @@ def probe(name: str, overrides: list[str], store_path: str, n_train: int, n_test
     tower = policy.vision
     through_backbone = THROUGH_BACKBONE.get(name)
     n_frame = policy.backbone.tokens_per_frame
-    instruction = EpisodeStore(store_path).episode_metas[0]["instruction"]
+    meta = EpisodeStore(store_path).episode_metas[0]
+    instruction = meta["instruction"]
     x_tr, y_tr = motion_windows(Path(store_path), range(n_train), min_motion_frames)
-    # min_motion_frames 0: train on every window as the policy's label loss does (classes none / label 0 /
-    # label 1), test on the windows whose circle has moved for 3 frames (is the direction learnt?)
-    n_labels = len(EpisodeStore(store_path).episode_metas[0]["label_names"])
-    n_classes = n_labels + 1 if min_motion_frames == 0 else n_labels
+    # min_motion_frames 0: train on every window as the policy's label loss does (classes none and each
+    # label), test on the windows whose stimulus has moved for 3 frames (is the label learnt?)
+    with_none = min_motion_frames == 0
+    n_classes = len(meta["label_names"]) + with_none
     x_te, y_te = motion_windows(Path(store_path), range(n_train, n_train + n_test), min_motion_frames or 3)
-    y_tr, y_te = (y_tr + 1, y_te + 1) if n_classes > n_labels else (y_tr, y_te)
+    y_tr, y_te = (y_tr + 1, y_te + 1) if with_none else (y_tr, y_te)
     width = int(cfg.model.backbone.hidden_size if through_backbone else cfg.model.vision.hidden_size)
     head = nn.Linear(2 * width, n_classes)
     trained = policy if through_backbone else tower
