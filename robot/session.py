@@ -108,7 +108,7 @@ def make_scripted_operator(cfg: DictConfig, rig: LiveRig, seed: int) -> Any:
     # in real time the stimulus time between two frames varies (display refresh, capture jitter), so the
     # peak speed keeps a margin below the arm's step limit
     return ScriptedOperator.from_config(cfg.teleop, rig.targets, rig.label_to_target, seed,
-                                        dwell=float(cfg.rig.scoring.dwell),
+                                        dwell=float(cfg.rig.scoring.dwell), task_kind=str(cfg.task.kind),
                                         speed_factor=float(cfg.scripted_speed_factor))
 
 

@@ -3,7 +3,9 @@
 It watches the stimulus ground truth (`obs["stimulus"]`, a StimulusState), and for every new
 interaction waits a human-like reaction time, moves to the expected target with a minimum-jerk joint
 motion, holds there, and returns home. Durations, delays and the exact joint configuration vary
-randomly (seeded) from interaction to interaction, like a person's. If the deadline is close it
+randomly (seeded) from interaction to interaction, like a person's. Where the target can only be read
+some way into an interaction (PongPredict: where the ball will hit), a person commits late, once the path
+is readable; `commit_lead` holds the operator back until the deadline is that close. If the deadline is close it
 hurries (shorter motion) so the pointing is confirmed in time, but never beyond `max_joint_speed`. Same interface as a policy
 (`reset()`, `select_action(obs) -> (8,)` = 7 joint targets + gripper width), so the control loop does
 not know whether a person, a script or a network drives the arm.
@@ -45,6 +47,7 @@ class ScriptedOperator:
         finish_margin: float = 0.5,
         gripper_width: float = 0.0,
         max_joint_speed: float = 0.9,
+        commit_lead: Sequence[float] | None = None,
     ) -> None:
         self.targets = targets
         if isinstance(label_to_target, Mapping):
@@ -59,21 +62,27 @@ class ScriptedOperator:
         self.joint_noise, self.finish_margin = float(joint_noise), float(finish_margin)
         self.gripper_width = float(gripper_width)
         self.max_joint_speed = float(max_joint_speed)
+        self.commit_lead = None if commit_lead is None else tuple(float(v) for v in commit_lead)
+        if self.commit_lead is not None and min(self.commit_lead) < self.min_move_time + self.finish_margin:
+            raise ValueError(f"scripted operator: commit_lead {list(self.commit_lead)} s leaves less than min_move_time "
+                             f"+ dwell + deadline_margin = {self.min_move_time + self.finish_margin:.2f} s to point in time")
         self.reset()
 
     @classmethod
     def from_config(cls, teleop_cfg: Mapping[str, Any], targets: TargetSet,
                     label_to_target: Mapping[int, str] | Sequence[str], seed: int, dwell: float,
-                    speed_factor: float = 1.0) -> ScriptedOperator:
-        """The operator of configs/teleop/scripted.yaml for episode `seed`. It aims to have a pointing confirmed
-        (arrival + the scoring's `dwell`) `deadline_margin` before the deadline; its peak joint speed is
-        `max_joint_speed` times `speed_factor`."""
+                    task_kind: str, speed_factor: float = 1.0) -> ScriptedOperator:
+        """The operator of configs/teleop/scripted.yaml for episode `seed` of a `task_kind` task. It aims to have a
+        pointing confirmed (arrival + the scoring's `dwell`) `deadline_margin` before the deadline; its peak joint
+        speed is `max_joint_speed` times `speed_factor`; `commit_lead[task_kind]`, if there, delays its commitment."""
         tc = teleop_cfg
+        commit_lead = (tc.get("commit_lead") or {}).get(task_kind)
         return cls(targets, label_to_target, seed=seed, reaction_time=tuple(tc["reaction_time"]),
                    move_time=tuple(tc["move_time"]), min_move_time=tc["min_move_time"],
                    hold_time=tuple(tc["hold_time"]), return_time=tuple(tc["return_time"]),
                    joint_noise=tc["joint_noise"], finish_margin=float(dwell) + float(tc["deadline_margin"]),
-                   gripper_width=tc["gripper_width"], max_joint_speed=float(tc["max_joint_speed"]) * float(speed_factor))
+                   gripper_width=tc["gripper_width"], max_joint_speed=float(tc["max_joint_speed"]) * float(speed_factor),
+                   commit_lead=None if commit_lead is None else tuple(commit_lead))
 
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.seed)
@@ -105,7 +114,10 @@ class ScriptedOperator:
         # perceive: a new interaction starts the reaction clock
         new = stim.interaction >= 0 and stim.label >= 0 and stim.interaction not in self._handled
         if new and (self._pending is None or self._pending[0] != stim.interaction):
-            self._pending = (stim.interaction, t + _uniform(self.rng, self.reaction_time))
+            act_at = t + _uniform(self.rng, self.reaction_time)
+            if self.commit_lead is not None and stim.time_to_deadline >= 0:
+                act_at = max(act_at, t + stim.time_to_deadline - _uniform(self.rng, self.commit_lead))
+            self._pending = (stim.interaction, act_at)
         # act: reaction over -> go to the target, hurrying if the deadline is close
         if self._pending is not None and t >= self._pending[1]:
             interaction = self._pending[0]

@@ -94,7 +94,7 @@ class SimRig:
         the stimulus time advances by exactly one period per frame; the largest joint step measured over
         200 episodes of each task was 0.0896 rad (step limit 0.1)."""
         return ScriptedOperator.from_config(self.cfg.teleop, self.targets, self.label_to_target, self.seed,
-                                            dwell=float(self.cfg.rig.scoring.dwell))
+                                            dwell=float(self.cfg.rig.scoring.dwell), task_kind=str(self.cfg.task.kind))
 
     def store_meta(self) -> dict[str, Any]:
         """Store-level metadata of a simulated recording (camera, display, rig)."""

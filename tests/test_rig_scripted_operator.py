@@ -59,3 +59,27 @@ def test_operator_is_deterministic_per_seed():
     c = run("pongpredict", seed=8)[4]
     np.testing.assert_array_equal(a, b)
     assert a.shape != c.shape or not np.array_equal(a, c)
+
+
+def test_commit_lead_holds_the_pointing_back_until_the_path_can_be_read():
+    lead = (1.6, 2.0)
+    for seed in range(20):
+        task, _, _, _, actions, score = run("pongpredict", seed=seed, commit_lead=lead)
+        assert score.success_rate == 1.0, (seed, [r.reason for r in score.results])
+        assert np.abs(np.diff(actions[:, :7], axis=0)).max() <= 0.1
+        for r in score.results:
+            # it leaves home no earlier than lead[1] before the ball arrives (reaction_time = entering the
+            # target region, after leaving home)
+            assert r.reaction_time > (r.deadline - r.onset) - lead[1]
+
+
+def test_commit_lead_comes_from_the_teleop_config_per_task_kind():
+    teleop = OmegaConf.load(CONFIG_DIR / "teleop" / "scripted.yaml")
+    cfg = OmegaConf.load(CONFIG_DIR / "task" / "pongpredict.yaml")
+    targets = load_targets(cfg.targets.calibration, home=cfg.targets.rest)
+    labels = label_targets(cfg, list(cfg.label_names))
+    pong = ScriptedOperator.from_config(teleop, targets, labels, seed=0, dwell=0.3, task_kind="pongpredict")
+    other = ScriptedOperator.from_config(teleop, targets, labels, seed=0, dwell=0.3, task_kind="movesense_lr")
+    assert pong.commit_lead == tuple(teleop.commit_lead.pongpredict) and other.commit_lead is None
+    with pytest.raises(ValueError, match=r"commit_lead \[0.8, 1.2\] s leaves less than"):
+        ScriptedOperator(targets, labels, finish_margin=0.5, commit_lead=(0.8, 1.2))
