@@ -64,7 +64,7 @@ def test_operator_is_deterministic_per_seed():
 def test_commit_lead_holds_the_pointing_back_until_the_path_can_be_read():
     lead = (1.6, 2.0)
     for seed in range(20):
-        task, _, _, _, actions, score = run("pongpredict", seed=seed, commit_lead=lead)
+        _, _, _, _, actions, score = run("pongpredict", seed=seed, commit_lead=lead)
         assert score.success_rate == 1.0, (seed, [r.reason for r in score.results])
         assert np.abs(np.diff(actions[:, :7], axis=0)).max() <= 0.1
         for r in score.results:
