@@ -75,6 +75,7 @@ def test_commit_lead_holds_the_pointing_back_until_the_path_can_be_read():
 
 def test_commit_lead_comes_from_the_teleop_config_per_task_kind():
     teleop = OmegaConf.load(CONFIG_DIR / "teleop" / "scripted.yaml")
+    teleop.commit_lead = {"pongpredict": [1.6, 2.0]}
     cfg = OmegaConf.load(CONFIG_DIR / "task" / "pongpredict.yaml")
     targets = load_targets(cfg.targets.calibration, home=cfg.targets.rest)
     labels = label_targets(cfg, list(cfg.label_names))
