@@ -3,10 +3,10 @@
 It watches the stimulus ground truth (`obs["stimulus"]`, a StimulusState), and for every new
 interaction waits a human-like reaction time, moves to the expected target with a minimum-jerk joint
 motion, holds there, and returns home. Durations, delays and the exact joint configuration vary
-randomly (seeded) from interaction to interaction, like a person's. Where the target can only be read
-some way into an interaction (PongPredict: where the ball will hit), a person commits late, once the path
-is readable; `commit_lead` holds the operator back until the deadline is that close. If the deadline is close it
-hurries (shorter motion) so the pointing is confirmed in time, but never beyond `max_joint_speed`. Same interface as a policy
+randomly (seeded) from interaction to interaction, like a person's. If the deadline is close it
+hurries (shorter motion) so the pointing is confirmed in time, but never beyond `max_joint_speed`.
+`commit_lead` (off by default) holds it back until the deadline is that close, as a person who must first
+read the stimulus (PongPredict: where the ball will hit) would. Same interface as a policy
 (`reset()`, `select_action(obs) -> (8,)` = 7 joint targets + gripper width), so the control loop does
 not know whether a person, a script or a network drives the arm.
 """
@@ -82,7 +82,7 @@ class ScriptedOperator:
                    hold_time=tuple(tc["hold_time"]), return_time=tuple(tc["return_time"]),
                    joint_noise=tc["joint_noise"], finish_margin=float(dwell) + float(tc["deadline_margin"]),
                    gripper_width=tc["gripper_width"], max_joint_speed=float(tc["max_joint_speed"]) * float(speed_factor),
-                   commit_lead=None if commit_lead is None else tuple(commit_lead))
+                   commit_lead=commit_lead)
 
     def reset(self) -> None:
         self.rng = np.random.default_rng(self.seed)
