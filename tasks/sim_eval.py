@@ -129,6 +129,9 @@ def load_policy(cfg: DictConfig, command: str) -> Any:
             raise ValueError(f"{command}: n_action_steps={n} must be in [1, {policy.config.action_head.horizon}] "
                              f"(the action horizon of {ckpt}), or null for the checkpoint's own "
                              f"({policy.config.n_action_steps})") from e
+    seed = cfg.get("inference_seed")
+    if seed is not None:  # the same flow-matching noise for every chunk: an inference choice as well
+        policy.config = dataclasses.replace(policy.config, inference_seed=int(seed))
     return policy
 
 

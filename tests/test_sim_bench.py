@@ -109,11 +109,16 @@ def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, ca
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_eval_sets_the_execution_horizon_within_the_checkpoints_action_horizon(bench):
+def test_eval_overrides_the_execution_horizon_and_the_inference_seed(bench):
     work, _ = bench
     ckpt = work / "movesense_lr-moss" / "checkpoints" / "step_0000003"
     cfg = compose_config([f"checkpoint={ckpt}", "task=movesense_lr"], "sim_eval")
-    trained = load_policy(cfg, "moss-sim eval").config.n_action_steps
+    trained = load_policy(cfg, "moss-sim eval").config
+    assert trained.inference_seed is None  # null keeps the checkpoint's: fresh noise for every chunk
+    cfg.inference_seed = 3
+    assert load_policy(cfg, "moss-sim eval").config.inference_seed == 3
+    cfg.inference_seed = None
+    trained = trained.n_action_steps
     cfg.n_action_steps = 3
     assert load_policy(cfg, "moss-sim eval").config.n_action_steps == 3 != trained
     cfg.n_action_steps = 99
