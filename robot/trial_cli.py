@@ -132,7 +132,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
             if writer is not None:
                 writer.close()
             rig.close()
-    summary = summarize(results, label_names)
+    summary = summarize(results, label_names, near=2 * float(cfg.rig.scoring.tolerance))
     report = {"task": task_name, "checkpoint": str(ckpt) if ckpt else None, "trials": len(results),
               "trials_requested": n_trials, "stopped": stop.reason, "camera": str(cfg.camera.type),
               "arm": str(cfg.arm.type), "eval_seeds": [seed0, seed - 1], "episodes": len(episodes),

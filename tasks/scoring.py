@@ -13,6 +13,7 @@ Definitions (the same for the scripted operator, sim evaluation and live trials)
 - Reaction time = enter - onset of the pointing that decided the interaction.
 Failure reasons: "wrong_target" (first pointing went elsewhere), "late" (the first pointing after the
 onset was confirmed after the deadline), "no_pointing" (none before the next interaction's onset).
+Each result also names the target the flange came closest to in its interaction's window, and how close.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class InteractionResult:
     reaction_time: float | None  # enter - onset of the deciding pointing (also reported when late/wrong)
     onset: float
     deadline: float
+    # how close the flange came to any target between the onset and the next onset (tells a failed trial
+    # that never left home from one that hovered just outside the tolerance): that target and the distance (m)
+    closest_target: str | None = None
+    closest_distance: float | None = None
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,13 @@ def score_interactions(
     deadline (tasks.stimulus.Interaction or the episode metadata); `expected_target`: label -> target
     name; `targets`: target name -> flange position (pointing targets only, not home).
     """
-    events = pointing_events(times, samples, targets, tolerance, dwell)
+    times = np.asarray(times, dtype=np.float64)
+    positions = positions_from_log(samples)
+    events = pointing_events(times, positions, targets, tolerance, dwell)
+    names = list(targets)
+    dist = (np.linalg.norm(positions[:, None, :] - np.stack([np.asarray(targets[n], dtype=np.float64)
+                                                             for n in names])[None], axis=-1)
+            if names and len(times) else np.zeros((len(times), 0)))  # (N, K) flange -> target
     lookup = expected_target if callable(expected_target) else expected_target.__getitem__
     onsets = sorted(float(_field(it, "onset")) for it in interactions)
     results = []
@@ -177,5 +188,11 @@ def score_interactions(
                 success, reason = False, "wrong_target"
             else:
                 success, reason = True, "ok"
-        results.append(InteractionResult(index, label, expected, pointed, success, reason, rt, onset, deadline))
+        in_window = (times >= onset - _EPS) & (times < window_end - _EPS)
+        closest, closest_d = None, None
+        if in_window.any() and names:
+            near = dist[in_window].min(axis=0)  # (K,) closest approach to each target
+            closest, closest_d = names[int(near.argmin())], float(near.min())
+        results.append(InteractionResult(index, label, expected, pointed, success, reason, rt, onset, deadline,
+                                         closest, closest_d))
     return ScoreSummary(results)

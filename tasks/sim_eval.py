@@ -33,8 +33,19 @@ def training_seeds(checkpoint: Path, task: str) -> set[int]:
             if t == task for s in seeds}
 
 
-def summarize(results: list[InteractionResult], label_names: list[str]) -> dict[str, Any]:
-    """Success rate overall and per trial type (label), reaction times of successes, failure reasons."""
+def no_pointing_reach(results: list[InteractionResult], near: float) -> dict[str, int]:
+    """Where the arm went in trials without a pointing: within `near` m of the expected target
+    ("expected"), of another target ("other"), or of none ("away", e.g. it never left home)."""
+    reach = Counter({"expected": 0, "other": 0, "away": 0})
+    for r in results:
+        if r.reason == "no_pointing" and r.closest_distance is not None:
+            reach["away" if r.closest_distance > near else "expected" if r.closest_target == r.expected else "other"] += 1
+    return dict(reach)
+
+
+def summarize(results: list[InteractionResult], label_names: list[str], near: float = 0.10) -> dict[str, Any]:
+    """Success rate overall and per trial type (label), reaction times of successes, failure reasons, and
+    how close the arm came to a target in the trials without a pointing (``near``: m, see no_pointing_reach)."""
 
     def block(rs: list[InteractionResult]) -> dict[str, Any]:
         rts = [r.reaction_time for r in rs if r.success and r.reaction_time is not None]
@@ -42,7 +53,8 @@ def summarize(results: list[InteractionResult], label_names: list[str]) -> dict[
                 "success_rate": (sum(r.success for r in rs) / len(rs)) if rs else None,
                 "reaction_time_mean": float(np.mean(rts)) if rts else None,
                 "reaction_time_median": float(np.median(rts)) if rts else None,
-                "failures": dict(Counter(r.reason for r in rs if not r.success))}
+                "failures": dict(Counter(r.reason for r in rs if not r.success)),
+                "no_pointing_within_m": near, "no_pointing_reach": no_pointing_reach(rs, near)}
 
     return {"overall": block(results),
             "per_type": {name: block([r for r in results if r.label == i]) for i, name in enumerate(label_names)}}
@@ -57,6 +69,10 @@ def markdown_table(name: str, summary: dict[str, Any]) -> str:
         rt = "-" if b["reaction_time_mean"] is None else f"{b['reaction_time_mean']:.2f}"
         fails = ", ".join(f"{k} {v}" for k, v in sorted(b["failures"].items())) or "-"
         out.append(f"| {b['trials']} | {label} | {b['success']} | {rate} | {rt} | {fails} |")
+    reach, near = summary["overall"].get("no_pointing_reach"), summary["overall"].get("no_pointing_within_m")
+    if reach and sum(reach.values()):
+        out += ["", (f"Trials without a pointing, where the arm came within {100 * near:.0f} cm: the expected "
+                     f"target {reach['expected']}, another target {reach['other']}, none {reach['away']}.")]
     return "\n".join(out) + "\n"
 
 
@@ -171,7 +187,7 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
         bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
         seed += 1
     bar.close()
-    summary = summarize(results, label_names)
+    summary = summarize(results, label_names, near=2 * float(cfg.rig.scoring.tolerance))
     report = {"task": task, "checkpoint": str(ckpt) if ckpt else None, "trials": len(results),
               "eval_seeds": [seed0, seed - 1], "episodes": len(episodes), "wall_seconds": time.perf_counter() - wall0,
               "step_compute_ms_p99": max((m for m in step_ms if m is not None), default=None),

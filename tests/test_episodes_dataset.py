@@ -266,3 +266,16 @@ def test_label_evidence_longer_than_the_window_warns(store_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         WindowDataset(store_path, n_frames=3, label_evidence={"min_frames": 3})
+
+
+def test_state_noise_perturbs_the_joints_of_training_windows_only(store_path):
+    plain = WindowDataset(store_path, [1], 4, 3)
+    noisy = WindowDataset(store_path, [1], 4, 3, augment=AugmentConfig(enabled=True, state_noise=0.05))
+    torch.manual_seed(0)
+    diffs = torch.stack([noisy[k]["state"] - plain[k]["state"] for k in range(len(plain))])  # (N, 8)
+    assert torch.all(diffs[:, 7] == 0)  # the gripper (past state_noise_dims = 7) is left alone
+    assert 0.03 < float(diffs[:, :7].std()) < 0.07  # the joints get N(0, 0.05 rad)
+    for k in range(len(plain)):  # the action targets are the demonstrated ones
+        torch.testing.assert_close(noisy[k]["action"], plain[k]["action"])
+    off = WindowDataset(store_path, [1], 4, 3, augment=AugmentConfig(enabled=False, state_noise=0.05))
+    torch.testing.assert_close(off[0]["state"], plain[0]["state"])  # validation windows: no augmentation

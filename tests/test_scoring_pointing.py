@@ -121,3 +121,16 @@ def test_a_pointing_is_judged_on_the_samples_only():
     pos = np.where(((times >= 1.0) & (times < 1.75))[:, None], TARGETS["left"], HOME)  # in at 1.5 as well
     (ev,) = pointing_events(times, pos, TARGETS, 0.05, 0.3)
     assert ev.enter == 1.0 and ev.confirmed == 1.5 and ev.leave == 1.75  # 1.5: the first sample >= 1.3
+
+
+def test_each_result_reports_the_closest_approach_in_its_window():
+    """A failed trial says whether the arm stayed home or hovered just outside the tolerance."""
+    hover = TARGETS["right"] + np.array([0.0, 0.0, 0.08])  # 8 cm above the right target: no pointing
+    times, pos = log([(0, HOME), (2.0, hover), (3.0, HOME), (6.0, TARGETS["left"]), (7.0, HOME)], 9.0)
+    first, second = score(times, pos, [Interaction(0, 1, 1.0, 4.0), Interaction(1, 0, 5.0, 8.0)]).results
+    assert first.reason == "no_pointing" and first.closest_target == "right"
+    assert first.closest_distance == pytest.approx(0.08)
+    assert second.success and second.closest_target == "left" and second.closest_distance == pytest.approx(0.0)
+    # staying home: the closest target is as far as home is from the nearest one
+    (r,) = score(*log([(0, HOME)], 5.0), [Interaction(0, 0, 1.0, 4.0)]).results
+    assert r.closest_distance == pytest.approx(min(np.linalg.norm(HOME - t) for t in TARGETS.values()))

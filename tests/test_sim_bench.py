@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tasks.scoring import InteractionResult
 from tasks.sim_bench import PolicyJob, _run_parallel, bench_main, wilson_interval
 from tasks.sim_cli import compose_config, main
-from tasks.sim_eval import load_policy
+from tasks.sim_eval import load_policy, markdown_table, summarize
 
 POLICIES = ["groot", "moss"]
 
@@ -56,8 +57,26 @@ def test_bench_runs_every_stage_and_writes_the_table(bench):
         assert report["trials"] == 2 == report["overall"]["trials"]
         assert report["eval_seeds"][0] == 1_000_000  # apart from the collection seeds 0, 1
         assert set(report["per_type"]) == {"left", "right"}
+        reach = report["overall"]["no_pointing_reach"]  # every trial without a pointing is placed once
+        assert sum(reach.values()) == report["overall"]["failures"].get("no_pointing", 0)
+        assert {r["closest_target"] for e in report["episode_log"] for r in e["results"]} <= {"left_bowl", "right_bowl"}
         assert (ckpt / "eval_movesense_lr" / "results.png").stat().st_size > 0
         assert table["success_percent"]["movesense_lr"][pol] == 100 * report["overall"]["success_rate"]
+
+
+def test_eval_summary_says_where_the_arm_went_in_trials_without_a_pointing():
+    def trial(label, expected, reason, closest, d):
+        return InteractionResult(0, label, expected, None, False, reason, None, 0.0, 3.0, closest, d)
+
+    results = [trial(0, "left_bowl", "no_pointing", "left_bowl", 0.07),   # hovered by the right bowl
+               trial(1, "right_bowl", "no_pointing", "left_bowl", 0.06),  # hovered by the wrong one
+               trial(1, "right_bowl", "no_pointing", "left_bowl", 0.25),  # never got anywhere
+               trial(0, "left_bowl", "late", "left_bowl", 0.0)]           # not a no-pointing trial
+    summary = summarize(results, ["left", "right"], near=0.1)
+    assert summary["overall"]["no_pointing_reach"] == {"expected": 1, "other": 1, "away": 1}
+    assert summary["per_type"]["right"]["no_pointing_reach"] == {"expected": 0, "other": 1, "away": 1}
+    assert markdown_table("t", summary).splitlines()[-1] == (
+        "Trials without a pointing, where the arm came within 10 cm: the expected target 1, another target 1, none 1.")
 
 
 def test_wilson_interval():

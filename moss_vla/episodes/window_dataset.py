@@ -30,8 +30,8 @@ from moss_vla.episodes.store import EpisodeStore, FrameChunkReader
 
 @dataclass
 class AugmentConfig:
-    """Image augmentation, one draw per window (all T frames get the same jitter and shift, so the
-    motion between frames is untouched)."""
+    """Training-window augmentation, one draw per window: image jitter and shift (all T frames get the
+    same, so the motion between frames is untouched) and noise on the state input."""
 
     enabled: bool = False
     brightness: float = 0.0  # factor drawn from [1 - b, 1 + b]
@@ -39,6 +39,11 @@ class AugmentConfig:
     saturation: float = 0.0
     hue: float = 0.0  # shift drawn from [-h, h], at most 0.5
     max_shift_px: int = 0  # random translation by up to this many pixels (replicate-padded crop)
+    # Gaussian noise (std, rad) on the joint positions of the state input, the first state_noise_dims
+    # state dims; action targets stay as demonstrated, so the policy sees how to get back to them from
+    # states a little off the demonstrated path (where its own errors take it in closed loop)
+    state_noise: float = 0.0
+    state_noise_dims: int = 7
 
     @classmethod
     def from_any(cls, cfg: Any) -> AugmentConfig:
@@ -261,10 +266,14 @@ class WindowDataset(Dataset):
         raw = self._read_images(frames)  # (T, H, W, 3) uint8
         images = augment_window(raw, self.augment) if self.augment.enabled else to_float_chw(raw)
         i, e = int(self._frame[k]), int(self._episode[k])
+        state = torch.from_numpy(self._state[i].copy())  # (8,)
+        if self.augment.enabled and self.augment.state_noise > 0:
+            n = self.augment.state_noise_dims
+            state[:n] += self.augment.state_noise * torch.randn(state[:n].shape, dtype=state.dtype)
         return {
             "image": images,  # (T, 3, H, W)
             "image_is_pad": torch.from_numpy(image_pad),  # (T,)
-            "state": torch.from_numpy(self._state[i].copy()),  # (8,)
+            "state": state,
             "action": torch.from_numpy(self._action[actions]),  # (H, 8)
             "action_is_pad": torch.from_numpy(action_pad),  # (H,)
             "stim_label": int(self._stim_label[i]),  # -1: no interaction in progress
