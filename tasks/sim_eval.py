@@ -83,7 +83,7 @@ def plot_results(path: Path, title: str, summary: dict[str, Any], results: list[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     names = ["all"] + list(summary["per_type"])
     rates = [summary["overall"]["success_rate"] or 0.0] + [
         summary["per_type"][n]["success_rate"] or 0.0 for n in summary["per_type"]]
@@ -103,6 +103,17 @@ def plot_results(path: Path, title: str, summary: dict[str, Any], results: list[
     b.set_title("reaction time")
     if b.get_legend_handles_labels()[0]:
         b.legend()
+    missed = [r for r in results if r.reason == "no_pointing" and r.closest_distance is not None]
+    for which, keep, colour in (("the expected target", True, "#333"), ("another target", False, "#bbb")):
+        d = [100 * r.closest_distance for r in missed if (r.closest_target == r.expected) == keep]
+        if d:
+            c.hist(d, bins=np.arange(0, max(40, max(d) + 2.5), 2.5), alpha=0.7, color=colour, label=which)
+    near = 100 * summary["overall"]["no_pointing_within_m"]
+    c.axvline(near, color="k", ls=":", label=f"{near:.0f} cm: counted as near")
+    c.set_xlabel("closest approach to any target (cm)")
+    c.set_ylabel("trials")
+    c.set_title(f"trials without a pointing ({len(missed)})")
+    c.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
