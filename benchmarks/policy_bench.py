@@ -251,22 +251,32 @@ def replan_encoder(policy: MossVLAPolicy) -> tuple[Callable[[], tuple[torch.Tens
 
 def encode_and_head_times(policy: MossVLAPolicy, n: int = 5) -> dict[str, float]:
     """Medians (ms) of the parts of a replan step: observation encoding (see :func:`replan_encoder`),
-    the action head's 4 Euler steps (our sampler) and, for comparison, lerobot's own ``get_action`` on
-    the same inputs."""
+    the action head's 4 Euler steps (our sampler as configured, i.e. traced with ``torchscript_sampler``)
+    and, for comparison on the same inputs, our sampler run eagerly and lerobot's own ``get_action``."""
     encode, state = replan_encoder(policy)
-    enc, head, head_lerobot = [], [], []
+    head = policy.action_head
+    enc, sampled, eager, lerobot = [], [], [], []
     for _ in range(n):
         t = time.perf_counter()
         vl, mask = encode()
         enc.append(1000 * (time.perf_counter() - t))
-        t = time.perf_counter()
-        policy.action_head.sample(vl, mask, state, 0)
-        head.append(1000 * (time.perf_counter() - t))
-        t = time.perf_counter()
-        policy.action_head.sample_reference(vl, mask, state, 0)
-        head_lerobot.append(1000 * (time.perf_counter() - t))
-    return {"encode_ms": float(np.median(enc)), "action_head_ms": float(np.median(head)),
-            "action_head_lerobot_get_action_ms": float(np.median(head_lerobot))}
+        for times, run in ((sampled, head.sample), (eager, partial(sample_eagerly, head)),
+                           (lerobot, head.sample_reference)):
+            t = time.perf_counter()
+            run(vl, mask, state, 0)
+            times.append(1000 * (time.perf_counter() - t))
+    return {"encode_ms": float(np.median(enc)), "action_head_ms": float(np.median(sampled)),
+            "action_head_eager_ms": float(np.median(eager)),
+            "action_head_lerobot_get_action_ms": float(np.median(lerobot))}
+
+
+def sample_eagerly(head, *args) -> torch.Tensor:
+    """``head.sample`` without its TorchScript trace."""
+    traced, head.torchscript = head.torchscript, False
+    try:
+        return head.sample(*args)
+    finally:
+        head.torchscript = traced
 
 
 class KernelCounter(TorchDispatchMode):
@@ -283,12 +293,14 @@ class KernelCounter(TorchDispatchMode):
 
 def replan_cost(policy: MossVLAPolicy) -> dict[str, float]:
     """Load-independent cost of one replan step's compute, encoding and action head apart: FLOPs
-    (matmuls, attention and convolutions, FlopCounterMode) and the number of aten operators run."""
+    (matmuls, attention and convolutions, FlopCounterMode) and the number of aten operators run. The head
+    is counted eagerly: its TorchScript trace runs the same operators (a first call would trace, i.e.
+    run it twice, inside the counter)."""
     encode, state = replan_encoder(policy)
     res: dict[str, float] = {}
     for part in ("encode", "action_head"):
         vl, mask = encode()
-        run = encode if part == "encode" else partial(policy.action_head.sample, vl, mask, state, 0)
+        run = encode if part == "encode" else partial(sample_eagerly, policy.action_head, vl, mask, state, 0)
         res[f"{part}_gflops"] = count_flops(run, attention=True)[0] / 1e9
         with KernelCounter() as counter:
             run()
@@ -324,7 +336,8 @@ def latency_comparison(model: str, n_steps: int) -> dict:
         res[label] = row
         print(f"[{model}] {label}: cached p50 {c['p50_ms']:.1f} p99 {c['p99_ms']:.1f} replan {c['replan_step_median_ms']:.1f}"
               f" ms | uncached p99 {u['p99_ms']:.1f} replan {u['replan_step_median_ms']:.1f} ms | encode "
-              f"{c['encode_ms']:.1f} vs {u['encode_ms']:.1f} ms, head {c['action_head_ms']:.1f} ms (lerobot "
+              f"{c['encode_ms']:.1f} vs {u['encode_ms']:.1f} ms, head {c['action_head_ms']:.1f} ms (eager "
+              f"{c['action_head_eager_ms']:.1f}, lerobot "
               f"get_action {c['action_head_lerobot_get_action_ms']:.1f}) | speedup p99 x{row['speedup_p99_step']:.2f}, "
               f"replan x{row['speedup_replan_step']:.2f}, encoding x{row['speedup_encoding']:.2f}, per cycle "
               f"x{row['speedup_compute_per_cycle']:.2f} | replan FLOPs ratio x{row['replan_flops_ratio']:.2f}, "

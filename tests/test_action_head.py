@@ -86,3 +86,46 @@ def test_unsupported_lerobot_configuration_is_refused():
     h.head.model.transformer_blocks[1].attn1.rescale_output_factor = 2.0
     with pytest.raises(ValueError, match=r"block 1 rescale_output_factor: expected 1.0, got 2.0"):
         check_fast_sampler_applies(h.head)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small"])
+def test_torchscript_sampler_equals_the_eager_sampler(preset):
+    """The traced sampler gives the eager sampler's chunk (hence lerobot's), one trace per input shape."""
+    h, width = head(preset)
+    vl, mask, state = inputs(2, 17, width)
+    eager = h.sample(vl, mask, state, seed=5)
+    h.torchscript = True
+    traced = h.sample(vl, mask, state, seed=5)
+    assert (traced - eager).abs().max() < 1e-6
+    assert (traced - h.sample_reference(vl, mask, state, seed=5)).abs().max() < 1e-5
+    assert len(h._traces) == 1
+    assert (h.sample(vl, mask, state, seed=6) - traced).abs().max() > 1e-2  # the noise is an input, not baked in
+    # another number of VL tokens and another batch size: a new trace, again equal to the eager sampler
+    vl2, mask2, state2 = inputs(1, 9, width, seed=4)
+    traced2 = h.sample(vl2, mask2, state2, seed=5)
+    assert len(h._traces) == 2
+    h.torchscript = False
+    assert (traced2 - h.sample(vl2, mask2, state2, seed=5)).abs().max() < 1e-6
+
+
+def test_torchscript_sampler_follows_weight_updates_and_mode_changes():
+    h, width = head()
+    h.torchscript = True
+    vl, mask, state = inputs(1, 9, width)
+    before = h.sample(vl, mask, state, seed=1)
+    with torch.no_grad():  # in place, as load_state_dict does: the trace holds the same parameters
+        h.head.model.proj_out_2.weight.mul_(1.5)
+    after = h.sample(vl, mask, state, seed=1)
+    assert (after - before).abs().max() > 1e-3
+    h.torchscript = False
+    assert (after - h.sample(vl, mask, state, seed=1)).abs().max() < 1e-6
+    h.torchscript = True
+    h.train()
+    assert not h._traces  # training mode samples with lerobot's get_action; traces are rebuilt in eval mode
+    h.eval()
+    h.double()  # new parameter tensors: the float32 trace is dropped, a float64 one is built
+    assert not h._traces
+    chunk = h.sample(vl.double(), mask, state.double(), seed=1)
+    assert chunk.dtype == torch.float64 and len(h._traces) == 1
+    h.torchscript = False
+    assert (chunk - h.sample(vl.double(), mask, state.double(), seed=1)).abs().max() < 1e-12

@@ -117,6 +117,7 @@ class MossVLAConfig:
     normalization: str = "min_max"  # state/action normalisation: min_max (to [-1, 1]) or mean_std
     inference_seed: int | None = None  # seed for the flow-matching noise in select_action (None: random)
     use_cache: bool = True  # select_action caches per-frame work (streaming.py)
+    torchscript_sampler: bool = True  # eval-mode action sampling runs as a TorchScript trace (action_head.py)
     # Auxiliary stimulus-label loss (a training recipe, not in the MOSS paper; off by default): a linear
     # head on the mean and max of the VL features predicts the newest frame's ``stim_label`` (class 0:
     # no interaction in progress, 1 + i: label i), added to the flow-matching loss with this weight.

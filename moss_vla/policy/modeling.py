@@ -56,6 +56,7 @@ class MossVLAPolicy(nn.Module):
                                    config.n_frames, self.tokenizer.vocab_size)
         self.action_head = ActionHead(config.action_head, config.state_dim, config.action_dim,
                                       config.backbone.hidden_size)
+        self.action_head.torchscript = config.torchscript_sampler
         self.normalizer = Normalizer(config.state_dim, config.action_dim, config.normalization, stats)
         # auxiliary stimulus-label head on [mean, max] of VL tokens (training only; see
         # MossVLAConfig.aux_label_weight / aux_label_tokens)
@@ -325,7 +326,8 @@ class MossVLAPolicy(nn.Module):
         self.load_state_dict(state, strict=False)
 
 
-ARCH_KEYS_IGNORED = {"variant", "model_size", "inference_seed", "use_cache", "n_action_steps", "aux_label_weight"}
+ARCH_KEYS_IGNORED = {"variant", "model_size", "inference_seed", "use_cache", "torchscript_sampler", "n_action_steps",
+                     "aux_label_weight"}
 
 
 def check_same_architecture(expected: MossVLAConfig, actual: MossVLAConfig, source: str) -> None:
