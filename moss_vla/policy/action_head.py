@@ -173,8 +173,8 @@ class TracedSampler(nn.Module):
     argument parsing) is a large part of their cost; a trace runs the same operators from TorchScript's
     interpreter: 2.4 instead of 3.8 ms per chunk at small_fine (results/policy.json), same output
     (tests). The trace holds the head's parameters themselves (not copies), so in-place weight updates
-    (``load_state_dict``) reach it. ``torch.export`` and ``make_fx`` graphs still run from Python (no faster here);
-    ``torch.compile`` cut the head to 3.0 ms but took 76 s to build."""
+    (``load_state_dict``) reach it. ``torch.export`` and ``make_fx`` graphs still run from Python (no
+    faster here); ``torch.compile`` cut the head to 3.0 ms but took 76 s to build."""
 
     def __init__(self, head: ActionHead) -> None:
         super().__init__()
@@ -187,10 +187,11 @@ class TracedSampler(nn.Module):
 class ActionHead(nn.Module):
     """Thin adapter around lerobot's FlowmatchingActionHead (plain tensors in, tensors out)."""
 
-    def __init__(self, cfg: ActionHeadConfig, state_dim: int, action_dim: int, backbone_dim: int) -> None:
+    def __init__(self, cfg: ActionHeadConfig, state_dim: int, action_dim: int, backbone_dim: int,
+                 torchscript: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
-        self.torchscript = False  # run eval-mode sampling as a TorchScript trace (set by the policy)
+        self.torchscript = torchscript  # run eval-mode sampling as a TorchScript trace (TracedSampler)
         self._traces: dict[tuple, torch.jit.ScriptModule] = {}
         self.state_dim, self.action_dim = state_dim, action_dim
         with contextlib.redirect_stdout(io.StringIO()):  # lerobot prints parameter counts
@@ -249,8 +250,9 @@ class ActionHead(nn.Module):
         return actions
 
     def _traced(self, vl: Tensor, state: Tensor, noise: Tensor) -> torch.jit.ScriptModule:
-        """The TorchScript trace of :meth:`integrate` for these input shapes (traced at first use)."""
-        key = (tuple(vl.shape), tuple(state.shape), tuple(noise.shape), vl.dtype, vl.device)
+        """The TorchScript trace of :meth:`integrate` for these input shapes (traced at first use; the
+        noise's shape follows from vl's batch size)."""
+        key = (tuple(vl.shape), tuple(state.shape), vl.dtype, vl.device)
         if key not in self._traces:
             with warnings.catch_warnings():
                 # TracerWarning: Python ints taken from shapes become constants, hence one trace per key;

@@ -55,8 +55,7 @@ class MossVLAPolicy(nn.Module):
         self.backbone = VLBackbone(config.backbone, config.vision.hidden_size, config.vision.grid,
                                    config.n_frames, self.tokenizer.vocab_size)
         self.action_head = ActionHead(config.action_head, config.state_dim, config.action_dim,
-                                      config.backbone.hidden_size)
-        self.action_head.torchscript = config.torchscript_sampler
+                                      config.backbone.hidden_size, torchscript=config.torchscript_sampler)
         self.normalizer = Normalizer(config.state_dim, config.action_dim, config.normalization, stats)
         # auxiliary stimulus-label head on [mean, max] of VL tokens (training only; see
         # MossVLAConfig.aux_label_weight / aux_label_tokens)
