@@ -1,7 +1,8 @@
 """The MOSS paper's table 5 on our simulated rig (`moss-sim bench`) and the main demo (`moss-demo`).
 
-For each task: collect scripted-operator episodes, train each policy variant on them, evaluate each in
-closed loop, and write the side-by-side table. Every stage writes its output under `work_dir` and is
+For each task: collect scripted-operator episodes, train each policy variant on them (once per training
+seed), evaluate each run in closed loop, and write the side-by-side table (with several seeds: their trials
+pooled, each seed's rate beside them). Every stage writes its output under `work_dir` and is
 skipped when that output already exists, so an interrupted run (hours on CPU) continues where it
 stopped. Configs: configs/bench.yaml (the full table), configs/demo.yaml (the small demo).
 """
@@ -23,6 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from moss_vla.config import compose_config
+from tasks.scoring import InteractionResult
 
 # MOSS paper, table 5 (success %, real robot)
 PAPER_TABLE5 = {
@@ -38,9 +40,11 @@ def _stage(msg: str) -> None:
 
 
 def run_bench(cfg: DictConfig) -> dict[str, Any]:
-    """Collect -> train -> evaluate for every (task, policy); returns {task: {policy: eval report}}."""
+    """Collect -> train -> evaluate for every (task, policy, training seed); returns {task: {policy: eval
+    report pooled over the seeds (see pool_seeds)}}."""
     from tasks.sim_cli import collect
 
+    seeds = training_seeds(cfg)
     work = Path(str(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, Any]] = {}
@@ -59,7 +63,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         collection[task] = {k: report[k] for k in ("episodes", "frames", "interactions", "operator_success_rate",
                                                    "wall_seconds")}
         table[task] = {}
-        jobs = [_policy_job(cfg, task, store, pol) for pol in cfg.policies]
+        jobs = [_policy_job(cfg, task, store, pol, seed) for pol in cfg.policies for seed in seeds]
         for job in jobs:
             job.check_recipe()
             job.check_result()
@@ -68,10 +72,41 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
             _run_parallel(todo, int(cfg.train_jobs))
         for job in jobs:  # sequential (or what the parallel workers left undone): train, then evaluate
             _run_job(job)
-            table[task][job.policy] = {**json.loads(job.result.read_text()), "train_seconds": job.train_seconds()}
+        for pol in cfg.policies:
+            table[task][pol] = pool_seeds({job.seed: {**json.loads(job.result.read_text()),
+                                                      "train_seconds": job.train_seconds()}
+                                           for job in jobs if job.policy == pol})
     # wall_seconds: this invocation only (a rerun that finds everything done takes seconds); what each run
     # cost is in the table's train_seconds / wall_seconds (evaluation) per task and policy
     return {"table": table, "collection": collection, "wall_seconds": time.perf_counter() - t0}
+
+
+def training_seeds(cfg: DictConfig) -> list[int]:
+    """`cfg.train_seeds` as distinct ints (one training run per seed and policy)."""
+    seeds = cfg.train_seeds
+    if not OmegaConf.is_list(seeds) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+        raise ValueError(f"train_seeds: expected a non-empty list of ints, e.g. train_seeds=[0,1,2], got {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"train_seeds: {list(seeds)} repeats a seed; each seed is one training run")
+    return [int(s) for s in seeds]
+
+
+def pool_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """One policy's evaluations, one per training seed ({seed: results.json + train_seconds}), as one
+    report: every seed's trials summarised together (overall, per type, failures), the summed minutes,
+    and under "seeds" each seed's own overall result and checkpoint. With one seed, that seed's report."""
+    from tasks.sim_eval import summarize
+
+    first = next(iter(runs.values()))
+    trials = [InteractionResult(**r) for rep in runs.values() for ep in rep["episode_log"] for r in ep["results"]]
+    train = [rep["train_seconds"] for rep in runs.values()]
+    return {**summarize(trials, list(first["per_type"]), near=first["overall"]["no_pointing_within_m"]),
+            "trials": len(trials), "eval_seeds": first["eval_seeds"],
+            "train_seconds": None if None in train else sum(train),
+            "wall_seconds": sum(rep["wall_seconds"] for rep in runs.values()),
+            "seeds": {seed: {"overall": rep["overall"], "checkpoint": rep["checkpoint"],
+                             "train_seconds": rep["train_seconds"], "eval_seconds": rep["wall_seconds"]}
+                      for seed, rep in runs.items()}}
 
 
 def check_collection(report_path: Path, episodes: int, collect_seed: int) -> dict[str, Any]:
@@ -92,6 +127,7 @@ class PolicyJob:
 
     task: str
     policy: str
+    seed: int  # training seed
     run: Path  # the training run directory
     steps: int
     train: tuple[str, ...]  # moss-train overrides
@@ -100,7 +136,7 @@ class PolicyJob:
 
     @property
     def name(self) -> str:
-        return f"{self.task}-{self.policy}"
+        return f"{self.task}-{self.policy}-seed{self.seed}"
 
     @property
     def ckpt(self) -> Path:
@@ -151,11 +187,11 @@ class PolicyJob:
         return [f"task={self.task}", f"checkpoint={self.ckpt}", f"trials={self.trials}", f"eval_seed={self.eval_seed}"]
 
 
-def _policy_job(cfg: DictConfig, task: str, store: Path, pol: str) -> PolicyJob:
-    run = Path(str(cfg.work_dir)) / f"{task}-{pol}"
+def _policy_job(cfg: DictConfig, task: str, store: Path, pol: str, seed: int) -> PolicyJob:
+    run = Path(str(cfg.work_dir)) / f"{task}-{pol}-seed{seed}"
     train = (f"data.paths=[{store}]", f"policy={pol}", f"model={cfg.preset}", f"steps={cfg.steps}",
-             f"batch_size={cfg.batch_size}", f"out_dir={run}", f"seed={cfg.train_seed}", *cfg.train_overrides)
-    return PolicyJob(task, pol, run, int(cfg.steps), train, int(cfg.trials[task]), int(cfg.eval_seed))
+             f"batch_size={cfg.batch_size}", f"out_dir={run}", f"seed={seed}", *cfg.train_overrides)
+    return PolicyJob(task, pol, seed, run, int(cfg.steps), train, int(cfg.trials[task]), int(cfg.eval_seed))
 
 
 def _run_job(job: PolicyJob) -> None:
@@ -246,7 +282,7 @@ def _run_parallel(jobs: list[PolicyJob], n_jobs: int) -> None:
             done = [_steps_done(j) for j in jobs]
             bar.update(sum(done) - bar.n)
             bar.set_postfix_str(" ".join(
-                f"{j.policy}:{'eval' if n >= j.steps and not j.done else n}"
+                f"{j.policy}/{j.seed}:{'eval' if n >= j.steps and not j.done else n}"
                 for j, n in zip(jobs, done, strict=True)))
         for future, job in futures.items():
             if future.exception() is not None:
@@ -269,7 +305,9 @@ def _markdown(table: dict[str, dict[str, Any]], policies: list[str], column: Cal
 def table_markdown(table: dict[str, dict[str, Any]], policies: list[str], with_paper: bool = True) -> str:
     def cell(pol: str, t: str, r: dict[str, Any]) -> str:
         o = r["overall"]
-        text = f"{100 * o['success_rate']:.1f} ({o['success']}/{o['trials']})"
+        per_seed = "" if len(r["seeds"]) == 1 else "; seeds " + " / ".join(
+            f"{100 * s['overall']['success_rate']:.1f}" for s in r["seeds"].values())
+        text = f"{100 * o['success_rate']:.1f} ({o['success']}/{o['trials']}{per_seed})"
         if with_paper and pol in PAPER_TABLE5 and t in PAPER_TABLE5[pol]:
             text += f" [paper {PAPER_TABLE5[pol][t]:.1f}]"
         return text
@@ -285,8 +323,8 @@ def failures_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> 
 
 
 def minutes_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> str:
-    """Wall minutes each policy took to train and to evaluate, per task ("?": trained before moss-train
-    logged its time)."""
+    """Wall minutes each policy took to train and to evaluate, per task, summed over its training seeds
+    ("?": trained before moss-train logged its time)."""
     def cell(pol: str, t: str, r: dict[str, Any]) -> str:
         train = "?" if r["train_seconds"] is None else f"{r['train_seconds'] / 60:.0f}"
         return f"{train} / {r['wall_seconds'] / 60:.0f}"
@@ -306,14 +344,20 @@ def wilson_interval(success: int, trials: int, z: float = 1.96) -> tuple[float, 
 
 def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str], title: str) -> None:
     """Success per task and policy as grouped bars with 95% Wilson intervals, the paper's table 5 as
-    black diamonds: with one run of ~100 trials each, the intervals say which gaps the trials can tell."""
+    black diamonds: with one run of ~100 trials each, the intervals say which gaps the trials can tell. With
+    several training seeds the bars pool their trials and open circles mark each seed's own rate (the
+    interval covers trial noise only; the circles show the spread between training runs)."""
+    import textwrap
+
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = list(table)
     width = 0.8 / len(policies)
+    seed_marked = False
     fig, ax = plt.subplots(figsize=(3.6 + 2.4 * len(tasks), 4))
     for j, pol in enumerate(policies):
         xs, rates, lo, hi, counts, paper_x, paper = [], [], [], [], [], [], []
@@ -331,6 +375,12 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
             lo.append(100 * (o["success_rate"] - a))
             hi.append(100 * (b - o["success_rate"]))
             counts.append(f"{o['success']}/{o['trials']}")
+            if len(r["seeds"]) > 1:
+                per_seed = [100 * s["overall"]["success_rate"] for s in r["seeds"].values()]
+                spread = np.linspace(-0.3, 0.3, len(per_seed)) * width  # side by side: equal rates stay visible
+                ax.plot(x + spread, per_seed, "o", mfc="none", mec="k", ms=4,
+                        label="one training seed" if not seed_marked else None)
+                seed_marked = True
         bars = ax.bar(xs, rates, width * 0.95, yerr=[lo, hi], capsize=3, ecolor="0.4", color=f"C{j}", label=pol)
         for bar, count in zip(bars, counts, strict=True):
             ax.text(bar.get_x() + bar.get_width() / 2, 1, count, ha="center", fontsize=7)
@@ -338,7 +388,9 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
     ax.set_xticks(range(len(tasks)), [TASK_TITLES.get(t, t) for t in tasks])
     ax.set_ylim(0, 105)
     ax.set_ylabel("success (%)")
-    ax.set_title(title, fontsize=10)
+    wrap = int(14 * fig.get_figwidth())  # characters per title line at fontsize 9
+    ax.set_title("\n".join(textwrap.fill(line, wrap, break_long_words=False) for line in title.splitlines()),
+                 fontsize=9)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -361,13 +413,15 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
         "success_percent": {t: {p: 100 * r["overall"]["success_rate"] for p, r in ps.items()}
                             for t, ps in bench["table"].items()},
         "paper_table5": PAPER_TABLE5,
-        "details": {t: {p: {**{k: r[k] for k in ("overall", "per_type", "trials", "eval_seeds", "checkpoint")},
+        "details": {t: {p: {**{k: r[k] for k in ("overall", "per_type", "trials", "eval_seeds", "seeds")},
                             "train_seconds": r["train_seconds"], "eval_seconds": r["wall_seconds"]}
                         for p, r in ps.items()} for t, ps in bench["table"].items()},
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     out.with_suffix(".md").write_text(md)
-    recipe = ", ".join([f"{cfg.preset}", f"{cfg.steps} steps", *cfg.train_overrides])
+    seeds = list(cfg.train_seeds)
+    recipe = ", ".join([f"{cfg.preset}", f"{cfg.steps} steps", f"training seed{'s' * (len(seeds) > 1)} "
+                        + ", ".join(map(str, seeds)), *cfg.train_overrides])
     plot_table(out.with_suffix(".png"), bench["table"], list(cfg.policies),
                f"closed-loop success in the simulated rig\n({recipe})")
     return out
@@ -380,5 +434,5 @@ def bench_main(overrides: list[str], config_name: str = "bench") -> int:
     _stage(f"success rate (%) over closed-loop trials in the simulated rig, {bench['wall_seconds'] / 60:.1f} min")
     print(out.with_suffix(".md").read_text())  # success, failures by reason, minutes per run
     print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}; per-run plots: "
-          f"{cfg.work_dir}/<task>-<policy>/checkpoints/step_*/eval_<task>/results.png")
+          f"{cfg.work_dir}/<task>-<policy>-seed<N>/checkpoints/step_*/eval_<task>/results.png")
     return 0

@@ -49,7 +49,7 @@ def test_bench_runs_every_stage_and_writes_the_table(bench):
         assert row == f"| {pol} | {d['train_seconds'] / 60:.0f} / {d['eval_seconds'] / 60:.0f} |"
     assert (work / "table.png").stat().st_size > 0
     for pol in POLICIES:
-        run = work / f"movesense_lr-{pol}"
+        run = work / f"movesense_lr-{pol}-seed0"
         ckpt = run / "checkpoints" / "step_0000003"
         assert (ckpt / "model.safetensors").exists() and (run / "metrics.csv").exists()
         assert "[moss-train] done: 3 steps" in (run / "bench_job.log").read_text()  # ran in a worker process
@@ -92,7 +92,7 @@ def test_wilson_interval():
 
 def test_bench_resumes_without_redoing_finished_stages(bench, capsys):
     work, overrides = bench
-    ckpt = work / "movesense_lr-moss" / "checkpoints" / "step_0000003" / "model.safetensors"
+    ckpt = work / "movesense_lr-moss-seed0" / "checkpoints" / "step_0000003" / "model.safetensors"
     before = ckpt.stat().st_mtime_ns
     assert bench_main(overrides) == 0
     out = capsys.readouterr().out
@@ -100,14 +100,41 @@ def test_bench_resumes_without_redoing_finished_stages(bench, capsys):
     assert ckpt.stat().st_mtime_ns == before
 
 
+def test_more_training_seeds_train_only_the_new_runs_and_the_table_pools_their_trials(bench, capsys):
+    work, overrides = bench
+    seed0 = work / "movesense_lr-moss-seed0" / "checkpoints" / "step_0000003" / "model.safetensors"
+    before = seed0.stat().st_mtime_ns
+    more = [o for o in overrides if not o.startswith(("policies=", "results="))]
+    assert bench_main([*more, "policies=[moss]", "train_seeds=[0,1]", f"results={work}/seeds"]) == 0
+    out = capsys.readouterr().out
+    assert "training movesense_lr-moss-seed1 " in out and "training movesense_lr-moss-seed0" not in out
+    assert seed0.stat().st_mtime_ns == before
+    moss = json.loads((work / "seeds.json").read_text())["details"]["movesense_lr"]["moss"]
+    runs = [json.loads((work / f"movesense_lr-moss-seed{k}" / "checkpoints" / "step_0000003" / "eval_movesense_lr"
+                        / "results.json").read_text())["overall"] for k in (0, 1)]
+    assert [moss["seeds"][str(k)]["overall"] for k in (0, 1)] == runs
+    pooled = moss["overall"]  # every seed's trials, summarised together
+    assert pooled["trials"] == moss["trials"] == 4 and pooled["success"] == sum(r["success"] for r in runs)
+    assert sum(t["trials"] for t in moss["per_type"].values()) == 4
+    for reason in ("no_pointing", "wrong_target", "late"):
+        assert pooled["failures"].get(reason, 0) == sum(r["failures"].get(reason, 0) for r in runs)
+    assert moss["train_seconds"] == pytest.approx(sum(moss["seeds"][k]["train_seconds"] for k in ("0", "1")))
+    rates = " / ".join(f"{100 * r['success_rate']:.1f}" for r in runs)
+    assert (work / "seeds.md").read_text().splitlines()[2] == (
+        f"| moss | {100 * pooled['success_rate']:.1f} ({pooled['success']}/4; seeds {rates}) [paper 95.8] |")
+    for bad, why in [("[0,0]", "repeats a seed"), ("[]", "non-empty list of ints"), ("[a]", "non-empty list of ints")]:
+        with pytest.raises(ValueError, match=rf"train_seeds: .*{why}"):
+            bench_main([*more, f"train_seeds={bad}"])
+
+
 def test_bench_refuses_a_work_dir_trained_with_other_settings(bench):
     work, overrides = bench
     other = [o if not o.startswith("train_overrides=") else "train_overrides=['log_every=1','ckpt_every=3',"
              "'val_batches=1','policy.aux_label_weight=0.5']" for o in overrides]
-    with pytest.raises(ValueError, match=r"movesense_lr-groot was trained with .* this bench asks for .*"
+    with pytest.raises(ValueError, match=r"movesense_lr-groot-seed0 was trained with .* this bench asks for .*"
                                          r"aux_label_weight=0.5.* own work_dir"):
         bench_main(other)
-    assert json.loads((work / "movesense_lr-groot" / "bench_recipe.json").read_text())[:2] == [
+    assert json.loads((work / "movesense_lr-groot-seed0" / "bench_recipe.json").read_text())[:2] == [
         "policy=groot", "model=tiny"]
     # a store collected, or an evaluation made, with other settings is refused too, never silently reused
     with pytest.raises(ValueError, match=r"movesense_lr.collect.json: the store was collected with episodes=2, "
@@ -120,7 +147,7 @@ def test_bench_refuses_a_work_dir_trained_with_other_settings(bench):
 
 def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, capsys):
     work, _ = bench
-    ckpt = work / "movesense_lr-groot" / "checkpoints" / "step_0000003"
+    ckpt = work / "movesense_lr-groot-seed0" / "checkpoints" / "step_0000003"
     assert main(["eval", f"checkpoint={ckpt}", "task=movesense_lr", "trials=2", "eval_seed=1",
                  f"eval_dir={tmp_path}", "progress=false"]) == 2
     assert "overlaps the seeds of the training episodes of movesense_lr (0..1)" in capsys.readouterr().err
@@ -130,7 +157,7 @@ def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, ca
 
 def test_eval_overrides_the_execution_horizon_and_the_inference_seed(bench):
     work, _ = bench
-    ckpt = work / "movesense_lr-moss" / "checkpoints" / "step_0000003"
+    ckpt = work / "movesense_lr-moss-seed0" / "checkpoints" / "step_0000003"
     cfg = compose_config([f"checkpoint={ckpt}", "task=movesense_lr"], "sim_eval")
     trained = load_policy(cfg, "moss-sim eval").config
     assert trained.inference_seed is None  # null keeps the checkpoint's: fresh noise for every chunk
@@ -210,13 +237,13 @@ def test_bench_workers_end_when_the_bench_is_killed(tmp_path):
 
 
 def test_a_failed_bench_job_is_reported_at_once_with_its_traceback_in_its_log(tmp_path, capsys):
-    run = tmp_path / "movesense_lr-groot"
-    job = PolicyJob(task="movesense_lr", policy="groot", run=run, steps=2, trials=2, eval_seed=1_000_000,
+    run = tmp_path / "movesense_lr-groot-seed0"
+    job = PolicyJob(task="movesense_lr", policy="groot", seed=0, run=run, steps=2, trials=2, eval_seed=1_000_000,
                     train=(f"data.paths=[{tmp_path / 'missing.zarr'}]", "policy=groot", "model=tiny", "steps=2",
                            f"out_dir={run}"))
-    with pytest.raises(RuntimeError, match="bench job movesense_lr-groot failed"):
+    with pytest.raises(RuntimeError, match="bench job movesense_lr-groot-seed0 failed"):
         _run_parallel([job], 1)
     out = capsys.readouterr()
-    assert "bench job movesense_lr-groot failed: FileNotFoundError" in out.out + out.err
+    assert "bench job movesense_lr-groot-seed0 failed: FileNotFoundError" in out.out + out.err
     log = (run / "bench_job.log").read_text()
     assert "Traceback (most recent call last)" in log and "missing.zarr" in log
