@@ -44,7 +44,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     report pooled over the seeds (see pool_seeds)}}."""
     from tasks.sim_cli import collect
 
-    seeds = training_seeds(cfg)
+    seeds = train_seeds(cfg)
     work = Path(str(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, Any]] = {}
@@ -81,7 +81,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     return {"table": table, "collection": collection, "wall_seconds": time.perf_counter() - t0}
 
 
-def training_seeds(cfg: DictConfig) -> list[int]:
+def train_seeds(cfg: DictConfig) -> list[int]:
     """`cfg.train_seeds` as distinct ints (one training run per seed and policy)."""
     seeds = cfg.train_seeds
     if not OmegaConf.is_list(seeds) or not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
