@@ -35,7 +35,7 @@ COMPARISONS = {
 # task -> (results file, how its recipe differs from the comparison's)
 MOSS_BEST = {
     "movesense_lr": ("sim_table5_evidence_lr", "CW/CCW's recipe"),
-    "movesense_rot": ("sim_table5_evidence", "the comparison's own run"),
+    "movesense_rot": ("sim_table5_rot_6000", "6000 steps instead of 3000"),
     "pongpredict": ("sim_table5_long_pong_seeds", "6000 steps instead of 3000"),
 }
 
