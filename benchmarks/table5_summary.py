@@ -24,17 +24,17 @@ BEST = "moss, best recipe"
 # task -> (its recipe, {policy: results file}). The files' configs give steps, seeds and overrides, but
 # not the defaults of the code they ran on, which changed between recipes: hence the description.
 COMPARISONS = {
-    "movesense_lr": ("+ label loss (label head on all VL tokens, every labelled window)",
-                     dict.fromkeys(BASELINES, "sim_table5_aux")),
-    "movesense_rot": ("+ label loss, head on the current frame's VL tokens, loss only on windows that show the label",
-                      dict.fromkeys(BASELINES, "sim_table5_evidence")),
-    "pongpredict": ("CW/CCW's recipe + 7 x 7 tokens per frame + state noise 0.05 rad",
+    "movesense_lr": ("+ label loss, head on the current frame's VL tokens, loss only on windows that show the label",
+                     {"groot": "sim_table5_evidence_lr_baselines", "contextvla": "sim_table5_evidence_lr_baselines",
+                      "moss": "sim_table5_evidence_lr"}),
+    "movesense_rot": ("L/R's recipe", dict.fromkeys(BASELINES, "sim_table5_evidence")),
+    "pongpredict": ("L/R's recipe + 7 x 7 tokens per frame + state noise 0.05 rad",
                     {"groot": "sim_table5_noise_pong_baselines", "contextvla": "sim_table5_noise_pong_baselines",
                      "moss": "sim_table5_noise_pong_seeds"}),
 }
 # task -> (results file, how its recipe differs from the comparison's)
 MOSS_BEST = {
-    "movesense_lr": ("sim_table5_evidence_lr", "CW/CCW's recipe"),
+    "movesense_lr": ("sim_table5_evidence_lr", "the comparison's own run"),
     "movesense_rot": ("sim_table5_rot_6000", "6000 steps instead of 3000"),
     "pongpredict": ("sim_table5_long_pong_seeds", "6000 steps instead of 3000"),
 }
