@@ -47,7 +47,7 @@ def _result(name: str, task: str, policy: str) -> dict[str, Any]:
     except (FileNotFoundError, KeyError) as e:
         raise SystemExit(f"{path}: no result for task {task!r}, policy {policy!r} ({e!r}); "
                          "run the moss-sim bench that writes it, or fix COMPARISONS / MOSS_BEST") from e
-    return {**r, "seeds": r.get("seeds", {"0": r}), "file": path.name}
+    return {**r, "seeds": r.get("seeds", {"0": r})}  # single-seed files predate per-seed results
 
 
 def _recipe(name: str) -> str:
@@ -77,7 +77,8 @@ def main() -> None:
         "source_files": {f: json.loads((RESULTS / f"{f}.json").read_text())["machine"] for f in files},
         "success_percent": {t: {p: 100 * r["overall"]["success_rate"] for p, r in ps.items()} for t, ps in table.items()},
         "trials": {t: {p: [r["overall"]["success"], r["overall"]["trials"]] for p, r in ps.items()} for t, ps in table.items()},
-        "comparisons": {t: {"recipe": r, "files": pols} for t, (r, pols) in COMPARISONS.items()}, "moss_best": {t: {"file": f, "differs": w} for t, (f, w) in MOSS_BEST.items()},
+        "comparisons": {t: {"recipe": r, "files": pols} for t, (r, pols) in COMPARISONS.items()},
+        "moss_best": {t: {"file": f, "differs": w} for t, (f, w) in MOSS_BEST.items()},
     }, indent=1))
     plot_table(out.with_suffix(".png"), table, policies,
                "closed-loop success in the simulated rig: one recipe per task, and MOSS's best run\n"
