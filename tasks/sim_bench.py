@@ -15,7 +15,7 @@ import os
 import platform
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -397,6 +397,14 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
     plt.close(fig)
 
 
+def recipe_text(cfg: Mapping[str, Any]) -> str:
+    """A bench's recipe in one line: preset, steps, training seeds, overrides. Takes the bench config or
+    the `config` saved in its results JSON (files written before `train_seeds` existed trained seed 0)."""
+    seeds = list(cfg.get("train_seeds") or [0])
+    return ", ".join([f"{cfg['preset']}", f"{cfg['steps']} steps", f"training seed{'s' * (len(seeds) > 1)} "
+                      + ", ".join(map(str, seeds)), *cfg["train_overrides"]])
+
+
 def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
     out = Path(str(cfg.results))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -419,11 +427,8 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
     }
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
     out.with_suffix(".md").write_text(md)
-    seeds = list(cfg.train_seeds)
-    recipe = ", ".join([f"{cfg.preset}", f"{cfg.steps} steps", f"training seed{'s' * (len(seeds) > 1)} "
-                        + ", ".join(map(str, seeds)), *cfg.train_overrides])
     plot_table(out.with_suffix(".png"), bench["table"], list(cfg.policies),
-               f"closed-loop success in the simulated rig\n({recipe})")
+               f"closed-loop success in the simulated rig\n({recipe_text(cfg)})")
     return out
 
 
