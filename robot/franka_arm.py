@@ -8,7 +8,11 @@ Facts about franky that shape this file (DESIGN.md section 5):
     as a `move()` keyword; a motion's own factor multiplies the robot's (so motions get 1 or a ratio);
   - targets must be float64 arrays, and motions are single-use (a new JointMotion per target);
   - `poll_motion()` returns the opposite of its docstring: use `robot.is_in_control`;
-  - after a reflex the robot refuses motions until `recover_from_errors()`.
+  - after a reflex the robot refuses motions until `recover_from_errors()`;
+  - reading `Gripper.width` waits for the hand's next status message, ~0.1 s (franky issue #35; the
+    hand reports at ~10-15 Hz), so the control loop never reads it: `state()` reports the width the
+    last finished gripper command reached (measured once at connect, and again only after a gripper
+    command that did not reach its width).
 franky raises its own exception types; they are turned into `ArmError` (kind + reason) so the
 control loop can stop the trial, record why and call `recover()`.
 """
@@ -74,7 +78,7 @@ class FrankaArm:
         gripper: bool = True,
         gripper_speed: float = 0.1,
         gripper_min_change: float = 0.005,
-        recover_on_connect: bool = True,
+        recover_on_connect: bool = False,
         collision_torque_threshold: float | None = None,
         collision_force_threshold: float | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -111,18 +115,24 @@ class FrankaArm:
                            kind="setup", recoverable=False)
         # on the robot, not as a move() keyword: move() has none (DESIGN.md section 5)
         self.robot.relative_dynamics_factor = self.relative_dynamics_factor
-        if recover_on_connect and self.robot.has_errors:
-            log.warning("Franka at %s reports errors on connect; recovering", ip)
+        if self.robot.has_errors:
+            if not recover_on_connect:  # the last session may have ended on a collision: a person looks first
+                raise ArmError(f"the Franka at {ip} reports errors on connect ({self._current_errors()}): check "
+                               f"why, then clear them in Desk, or connect with arm.recover_on_connect=true",
+                               kind="reflex", recoverable=False)
+            log.warning("Franka at %s reports errors on connect (%s); recovering", ip, self._current_errors())
             self.robot.recover_from_errors()
         if collision_torque_threshold is not None and collision_force_threshold is not None:
             self.robot.set_collision_behavior(float(collision_torque_threshold), float(collision_force_threshold))
         self.gripper = None
+        self._gripper_width = 0.0  # what state() reports (see the module docstring)
         if gripper:
             try:
                 self.gripper = franky.Gripper(ip)
             except self._errors as e:
                 raise ArmError(f"cannot connect to the Franka gripper at {ip}: {e}; set arm.gripper=false "
                                f"if the arm has no Franka gripper", kind="network", recoverable=False) from e
+            self._gripper_width = self.read_gripper_width()
 
     # --- Arm interface ----------------------------------------------------------------------------
     def state(self) -> ArmState:
@@ -130,10 +140,20 @@ class FrankaArm:
             js = self.robot.current_joint_state
             q = np.asarray(js.position, dtype=np.float64)
             dq = np.asarray(js.velocity, dtype=np.float64)
-            width = float(self.gripper.width) if self.gripper is not None else 0.0
+            t = self._clock()
         except self._errors as e:
             raise ArmError(f"reading the arm state failed: {e}", kind=_kind_of(e)) from e
-        return ArmState(q=q, dq=dq, gripper_width=width, timestamp=self._clock())
+        self._gripper_busy()  # picks up the width of a gripper command that finished since
+        return ArmState(q=q, dq=dq, gripper_width=self._gripper_width, timestamp=t)
+
+    def read_gripper_width(self) -> float:
+        """The hand's measured finger width (m). Blocks ~0.1 s on a real hand: not for the control loop."""
+        if self.gripper is None:
+            return 0.0
+        try:
+            return float(self.gripper.width)
+        except self._errors as e:
+            raise ArmError(f"reading the gripper width failed: {e}", kind="gripper") from e
 
     def command(self, q_target: np.ndarray, gripper_width: float | None = None) -> None:
         """Check `q_target` (7,) against the safety limits and send it as an asynchronous motion.
@@ -258,16 +278,9 @@ class FrankaArm:
         """Send a gripper width unless one is in flight (then the newest width is sent afterwards)."""
         if self.gripper is None:
             return
-        if self._gripper_future is not None:
-            try:
-                busy = not self._gripper_future.wait(0.0)
-            except self._errors as e:
-                self._gripper_future = None
-                raise ArmError(f"gripper command failed: {e}", kind="gripper") from e
-            if busy:
-                self._gripper_pending = width
-                return
-            self._gripper_future = None
+        if self._gripper_busy():
+            self._gripper_pending = width
+            return
         if self._gripper_sent is not None and abs(width - self._gripper_sent) < self.gripper_min_change:
             return
         try:
@@ -276,6 +289,28 @@ class FrankaArm:
             raise ArmError(f"gripper command failed: {e}", kind="gripper") from e
         self._gripper_sent = width
         self._gripper_pending = None
+
+    def _gripper_busy(self) -> bool:
+        """Whether a gripper command is still running (never blocks). When one has finished, the width it
+        reached becomes the reported width: its target, or the measured width if it did not get there
+        (e.g. stopped by an object; a one-off ~0.1 s read)."""
+        future = self._gripper_future
+        if future is None:
+            return False
+        try:
+            if not future.wait(0.0):
+                return True
+            reached = future.get()
+        except self._errors as e:
+            self._gripper_future = None
+            raise ArmError(f"gripper command failed: {e}", kind="gripper") from e
+        self._gripper_future = None
+        if reached:
+            self._gripper_width = float(self._gripper_sent)
+        else:
+            log.warning("the gripper did not reach %.3f m; reading its width", self._gripper_sent)
+            self._gripper_width = self.read_gripper_width()
+        return False
 
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> FrankaArm:

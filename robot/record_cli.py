@@ -11,7 +11,9 @@ log path in the episode meta; step timing and the operator's score in the commit
 that do not run to their end are discarded, and the reason is kept in the session report. A stop key
 (the display window's quit key, or the keyboard teleop's quit key) or Ctrl-C stops everything: the arm
 is stopped, the episode in progress is discarded (or committed, with `on_interrupt=commit`), the writer
-is closed and the store is consistent. Exit code 0 when all episodes were recorded, 130 after a stop key
+is closed and the store is consistent; so does a fault of the rig (camera failure or stall, display lost).
+After an arm error the arm is recovered and re-homed only as `after_arm_error` says (default: the operator
+confirms at the terminal). Exit code 0 when all episodes were recorded, 130 after a stop key
 or Ctrl-C, 1 when episodes failed or the session stopped otherwise (the display process died).
 """
 
@@ -30,8 +32,6 @@ from omegaconf import DictConfig
 from moss_vla.config import cli_config
 from moss_vla.config import compose_config as _compose
 
-FATAL = ("interrupted", "stop_key", "display_lost")  # reasons that end the session, not just the episode
-
 
 def compose_config(overrides: list[str], config_name: str = "record") -> DictConfig:
     """The composed `configs/<config_name>.yaml` (default: record) with hydra overrides."""
@@ -44,7 +44,7 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
     from moss_vla.episodes import EpisodeWriter
     from moss_vla.episodes.check import check_store
     from robot.rig_builder import build_live_rig
-    from robot.session import make_scripted_operator, make_teleop_operator, run_live_episode
+    from robot.session import end_of_episode, make_scripted_operator, make_teleop_operator, run_live_episode
     from robot.stop_conditions import StopFlag
 
     out = Path(str(cfg.out))
@@ -83,11 +83,7 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
                           f"({s['frames_captured']} captured), step p50 {s['latency_ms_p50']:.1f} ms "
                           f"p99 {s['latency_ms_p99']:.1f} ms, missed {s['missed_deadlines']}; operator "
                           f"{ep.score.n_success}/{ep.score.n}", flush=True)
-                    if ep.loop.reason in FATAL:
-                        stop.set(ep.loop.reason, ep.loop.message)
-                        break
-                    if ep.loop.reason == "arm":
-                        rig.recover_arm()
+                    end_of_episode(rig, ep, stop)
                 n_committed = writer.n_episodes - n_before
         finally:
             try:

@@ -16,7 +16,7 @@ display process show up in the images just as they would on a real monitor. `arm
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,11 +171,29 @@ class LiveRig:
         else:
             self.arm.move_to(home)
 
-    def recover_arm(self) -> None:
-        """After an arm error (reflex): automatic recovery where the arm supports it."""
+    def recover_arm(self, message: str = "", ask: Callable[[str], str] = input) -> bool:
+        """After an arm error (e.g. a collision reflex) ended an episode; returns whether the session goes on
+        (the next episode homes the arm). A simulated arm is rebuilt at that homing. A real arm, by the
+        session's ``after_arm_error``: "ask" waits at the terminal for the operator to check the workspace
+        (Enter: recover and go on, q: end the session; no terminal: end it), "recover" recovers at once
+        (unattended), "stop" ends the session."""
+        if self.arm_type == "sim":
+            return True
+        mode = after_arm_error(self.cfg)
+        if mode == "stop":
+            return False
+        if mode == "ask":
+            try:
+                answer = ask(f"\nThe arm stopped: {message}\nCheck the workspace, then press Enter to recover the "
+                             "arm and home it for the next episode, or type q and Enter to end the session: ")
+            except EOFError:  # nobody at a terminal to confirm
+                return False
+            if answer.strip().lower().startswith("q"):
+                return False
         recover = getattr(self.arm, "recover", None)
         if recover is not None:
             recover()
+        return True
 
     def store_meta(self) -> dict[str, Any]:
         """Store-level metadata of a live recording."""
@@ -235,8 +253,20 @@ def headless(cfg: DictConfig) -> bool:
     return str(cfg.camera.type) == "sim" if h is None else bool(h)
 
 
+AFTER_ARM_ERROR = ("ask", "recover", "stop")
+
+
+def after_arm_error(cfg: DictConfig) -> str:
+    """The session's ``after_arm_error`` (configs/record.yaml), checked."""
+    mode = str(cfg.get("after_arm_error", "ask"))
+    if mode not in AFTER_ARM_ERROR:
+        raise ValueError(f"after_arm_error must be one of {list(AFTER_ARM_ERROR)}, got {mode!r} (configs/record.yaml)")
+    return mode
+
+
 def build_live_rig(cfg: DictConfig, first_seed: int) -> LiveRig:
     """Start the display process on episode `first_seed`, open the camera and connect the arm."""
+    after_arm_error(cfg)  # a typo fails now, not after the first reflex
     task0 = make_task(cfg.task, first_seed)
     targets, l2t = task_targets(cfg.task, task0.label_names)
     clock = RealClock()

@@ -5,9 +5,11 @@
 
 Episodes (seeds eval_seed, eval_seed + 1, ...) play on the display while the policy drives the arm through
 the one 10 Hz control loop; every interaction is one trial, scored by tasks/scoring.py on the arm's joint
-log (stimulus times from the display process). A trial whose episode stopped early (camera stall, policy
-exception or non-finite action, safety stop, arm error, missed-deadline streak) fails with reason
-"stopped:<reason>"; a stop key or Ctrl-C ends the session (unfinished trials are not counted). Writes to
+log (stimulus times from the display process). A trial whose episode stopped early for the policy's sake
+(policy exception or non-finite action, safety stop, arm error, missed-deadline streak) fails with reason
+"stopped:<reason>"; a stop key, Ctrl-C or a fault of the rig (camera failure or stall, display lost) ends
+the session, and the trials it cut short are not counted. After an arm error the arm is recovered and
+re-homed only as `after_arm_error` says (default: the operator confirms at the terminal). Writes to
 `eval_dir`: results.json (summary, per-episode loop timing), results.md (the table), results.png, and
 trials.jsonl (one line per trial, appended as trials finish, so an interrupted session keeps its log).
 Exit code 0, or 130 after a stop key or Ctrl-C, 1 when the session stopped otherwise (the display process
@@ -28,7 +30,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from moss_vla.config import cli_config
-from robot.record_cli import FATAL
 from tasks.scoring import InteractionResult
 
 
@@ -54,7 +55,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
 
     from robot.async_planner import make_controller
     from robot.rig_builder import build_live_rig
-    from robot.session import run_live_episode
+    from robot.session import end_of_episode, run_live_episode
     from robot.stop_conditions import StopFlag
     from tasks.sim_eval import load_policy, markdown_table, plot_results, summarize, training_seeds
 
@@ -121,10 +122,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                       f"step p50 {summary['latency_ms_p50']:.1f} ms p99 {summary['latency_ms_p99']:.1f} ms, "
                       f"missed {summary['missed_deadlines']}" + (
                           f", planner late {summary['planner_late']}" if "planner_late" in summary else ""), flush=True)
-                if ep.loop.reason in FATAL:
-                    stop.set(ep.loop.reason, ep.loop.message)
-                elif ep.loop.reason == "arm":
-                    rig.recover_arm()
+                end_of_episode(rig, ep, stop)
                 seed += 1
         finally:
             if controller is not None and controller is not policy:

@@ -47,11 +47,15 @@ def make_fake_franky():
         pass
 
     class Future:
-        def __init__(self, done):
-            self.done = done
+        def __init__(self, done, result=True):
+            self.done, self.result = done, result
 
         def wait(self, timeout):
             return self.done
+
+        def get(self):
+            assert self.done, "get() would block"
+            return self.result
 
     class Robot:
         def __init__(self, ip, realtime_config):
@@ -93,13 +97,20 @@ def make_fake_franky():
 
     class Gripper:
         def __init__(self, ip):
-            self.width = 0.08
+            self.measured = 0.08
+            self.width_reads = 0  # each read of a real hand's width blocks ~0.1 s
             self.commands = []
             self.busy = False
+            self.reaches = True
+
+        @property
+        def width(self):
+            self.width_reads += 1
+            return self.measured
 
         def move_async(self, width, speed):
             self.commands.append((width, speed))
-            return Future(not self.busy)
+            return Future(not self.busy, self.reaches)
 
     for obj in (ControlException, NetworkException, CommandException, RealtimeConfig, JointMotion,
                 JointStopMotion, Robot, Gripper):
@@ -152,6 +163,21 @@ def test_reflex_stops_the_trial_with_a_typed_error_and_recover_clears_it(franky)
     assert len(arm.robot.moves) == n + 1
 
 
+def test_an_arm_in_an_error_state_is_not_recovered_on_connect_unless_asked(franky):
+    # the last session may have ended on a collision: by default a person looks before the arm moves again
+    class Faulted(franky.Robot):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.has_errors = True
+
+    franky.Robot = Faulted
+    with pytest.raises(ArmError, match=r"errors on connect \(\[cartesian_reflex\]\).*Desk.*recover_on_connect=true") as info:
+        FrankaArm("10.0.0.2")
+    assert not info.value.recoverable
+    arm = FrankaArm("10.0.0.2", recover_on_connect=True)
+    assert arm.robot.recover_calls == 1 and not arm.has_errors
+
+
 def test_failed_recovery_is_unrecoverable(franky):
     arm = FrankaArm("10.0.0.2")
     arm.robot.has_errors = True
@@ -184,6 +210,26 @@ def test_gripper_commands_are_paced_and_deduplicated(franky):
     assert [w for w, _ in arm.gripper.commands] == [0.04, 0.02, 0.0]
     arm.command(Q_READY, 0.5)  # clamped to the gripper's range
     assert arm.gripper.commands[-1][0] == pytest.approx(0.08)
+
+
+def test_state_reports_the_reached_gripper_width_without_querying_the_hand(franky):
+    # a real hand answers a width query only at its next status message (~0.1 s): once per step would
+    # blow the 100 ms budget, so the width is read at connect and after a command that fell short only
+    arm = FrankaArm("10.0.0.2")
+    assert arm.gripper.width_reads == 1 and arm.state().gripper_width == pytest.approx(0.08)
+    arm.gripper.busy = True
+    arm.command(Q_READY, 0.03)
+    assert arm.state().gripper_width == pytest.approx(0.08)  # still moving: the last reached width
+    arm._gripper_future.done = True
+    assert arm.state().gripper_width == pytest.approx(0.03)  # finished: its target
+    arm.gripper.busy, arm.gripper.reaches, arm.gripper.measured = False, False, 0.012
+    arm.command(Q_READY, 0.0)  # stopped by an object at 12 mm
+    assert arm.state().gripper_width == pytest.approx(0.012)
+    for _ in range(20):
+        arm.command(Q_READY, 0.0)
+        arm.state()
+    assert arm.gripper.width_reads == 2  # connect + the command that fell short
+    assert arm.read_gripper_width() == pytest.approx(0.012) and arm.gripper.width_reads == 3
 
 
 def test_stop_never_raises_and_dry_run_sends_nothing(franky):

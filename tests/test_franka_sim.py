@@ -75,7 +75,8 @@ def test_follows_a_stream_of_10hz_targets(arm):
     assert res["planner_max_err"] < 0.2
     assert res["max_err"] < 0.4
     assert res["final_err"] < 0.01
-    assert arm.state().gripper_width == pytest.approx(0.07, abs=0.005)
+    assert arm.state().gripper_width == pytest.approx(0.07, abs=0.005)  # the finished command's width
+    assert arm.read_gripper_width() == pytest.approx(0.07, abs=0.005)  # the hand's own measurement
 
 
 def settle_at(arm: FrankaArm, q: np.ndarray, timeout: float = 10.0, tol: float = 0.01) -> np.ndarray:
