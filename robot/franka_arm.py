@@ -232,10 +232,12 @@ class FrankaArm:
                            f"robot's pilot/Desk to unlock it", kind="reflex", recoverable=False)
 
     def move_to(self, q_goal: np.ndarray, relative_dynamics_factor: float | None = None,
-                timeout: float = 30.0) -> None:
+                timeout: float = 30.0, should_stop: Callable[[], bool] | None = None) -> bool:
         """Blocking point-to-point motion (e.g. to home before a trial). The goal passes the joint-limit
         and workspace checks; the step limit does not apply (franky plans a smooth trajectory).
-        ``relative_dynamics_factor``: this motion's speed, at most the arm's configured factor (None: that)."""
+        ``relative_dynamics_factor``: this motion's speed, at most the arm's configured factor (None: that).
+        Waits in short slices, so that a stop request (``should_stop()`` true, e.g. the session's first
+        Ctrl-C) or a KeyboardInterrupt decelerates the arm to a stop at once; returns False if stopped so."""
         q = np.asarray(q_goal, dtype=np.float64)
         violations = []
         lim = self.safety.limits
@@ -250,18 +252,28 @@ class FrankaArm:
         self._last_target = None
         if self.dry_run:
             log.info("dry run: would move to %s", np.round(q, 4).tolist())
-            return
+            return True
         # franky multiplies a motion's factor with the robot's (set in __init__): give the motion the ratio
         motion = self._franky.JointMotion(q, relative_dynamics_factor=self._motion_factor(relative_dynamics_factor))
+        deadline = time.monotonic() + timeout
         try:
             self.robot.move(motion, asynchronous=True)
-            finished = self.robot.join_motion(timeout=timeout)
-            if not finished:
-                self.robot.stop()
+            # join in slices: Python runs signal handlers between them, and a stop request is seen
+            while not (finished := self.robot.join_motion(timeout=0.05)):
+                if should_stop is not None and should_stop():
+                    self.stop()
+                    return False
+                if time.monotonic() >= deadline:
+                    self.robot.stop()
+                    break
         except self._errors as e:
             raise ArmError(f"move_to failed: {e}", kind=_kind_of(e)) from e
+        except KeyboardInterrupt:
+            self.stop()
+            raise
         if not finished:
             raise ArmError(f"move_to did not finish within {timeout} s", kind="timeout")
+        return True
 
     def _motion_factor(self, effective: float | None) -> float:
         """The factor to give a motion so that it runs at ``effective`` (None: the arm's configured

@@ -161,15 +161,16 @@ class LiveRig:
                                f"{self.display.stderr_tail()}")
         return sample
 
-    def home_arm(self, seed: int) -> None:
-        """Bring the arm to the task's rest pose before an episode (like a person would)."""
+    def home_arm(self, seed: int, should_stop: Callable[[], bool] | None = None) -> None:
+        """Bring the arm to the task's rest pose before an episode (like a person would); a real arm stops
+        where it is as soon as ``should_stop()`` is true (e.g. Ctrl-C)."""
         home = self.targets.home.q
         if self.arm_type == "sim":
             # a simulated arm is put there directly, with the same small offset noise as the sim rig
             rng = np.random.default_rng([int(seed), 0xA12])
             self.arm = make_sim_arm(self.cfg, self.clock, home + rng.normal(0.0, float(self.cfg.rig.home_noise), 7))
         else:
-            self.arm.move_to(home)
+            self.arm.move_to(home, should_stop=should_stop)
 
     def recover_arm(self, message: str = "", ask: Callable[[str], str] = input) -> bool:
         """After an arm error (e.g. a collision reflex) ended an episode; returns whether the session goes on

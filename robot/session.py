@@ -180,7 +180,7 @@ def run_live_episode(
     cfg = rig.cfg
     lc, period, tail = cfg.loop, float(cfg.rig.period), float(cfg.rig.tail)
     task = rig.show_episode(seed)
-    rig.home_arm(seed)
+    rig.home_arm(seed, should_stop=lambda: stop.is_set)
     controller.reset()
     safety = JointLimitSafety(**plain(cfg.rig.safety))
     loop = ControlLoop(rig.clock, rig.camera, rig.crop, rig.arm, controller, task.instruction,
@@ -231,9 +231,12 @@ def run_live_episode(
     if writer is not None:
         writer.start_episode(episode_meta(rig, task, seed, operator))
     try:
-        rig.start_episode()
-        # a guard: the display's "episode over" normally ends the loop well before this
-        result = loop.run(duration=t_end + 5.0, stop_conditions=conditions, on_step=[record])
+        if stop.is_set:  # stopped while homing: not one step of the episode
+            result = LoopResult(stop.reason or "interrupted", stop.detail)
+        else:
+            rig.start_episode()
+            # a guard: the display's "episode over" normally ends the loop well before this
+            result = loop.run(duration=t_end + 5.0, stop_conditions=conditions, on_step=[record])
         if result.reason == "duration":
             result.reason, result.message = "display_timeout", "the display never reported the episode's end"
     except BaseException:

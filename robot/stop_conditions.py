@@ -97,14 +97,15 @@ class StopFlag:
     def sigint_sets(self, reason: str = "interrupted") -> Iterator[StopFlag]:
         """While active, the first Ctrl-C (SIGINT) sets the flag instead of raising KeyboardInterrupt at
         an arbitrary point (e.g. inside a commit): the session stops at the end of the current step and
-        closes the store deliberately. A second Ctrl-C raises KeyboardInterrupt as usual."""
+        closes the store deliberately. A Ctrl-C after the flag is set (by a first Ctrl-C or any other stop:
+        the session is ending) raises KeyboardInterrupt as usual."""
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be installed from the main thread
             return
         previous = signal.getsignal(signal.SIGINT)
 
         def handler(signum, frame):
-            if self.is_set and self.reason == reason:
+            if self.is_set:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 raise KeyboardInterrupt
             self.set(reason, "Ctrl-C (SIGINT)")

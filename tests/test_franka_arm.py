@@ -4,6 +4,7 @@ module (the API surface FrankaArm uses) is injected via sys.modules. The connect
 uses the real franky client against a loopback address where nothing listens."""
 
 import sys
+import time
 import types
 
 import numpy as np
@@ -68,6 +69,8 @@ def make_fake_franky():
             self.reflex_on_next_move = False
             self.recover_ok = True
             self.recover_calls = 0
+            self.motion_slices = 0
+            self.hard_stops = 0
             self.state = types.SimpleNamespace(current_errors="[cartesian_reflex]", q_d=self.q)
 
         @property
@@ -84,7 +87,14 @@ def make_fake_franky():
             self.is_in_control = not isinstance(motion, JointStopMotion)
 
         def join_motion(self, timeout=None):
+            if self.motion_slices > 0:  # a long motion: still running after this slice of waiting
+                self.motion_slices -= 1
+                time.sleep(min(timeout, 0.001))
+                return False
             return True
+
+        def stop(self):  # franky's Robot.stop preempts the motion (a ControlException in its thread)
+            self.hard_stops += 1
 
         def recover_from_errors(self):
             self.recover_calls += 1
@@ -253,6 +263,31 @@ def test_move_to_checks_the_goal_but_not_the_step(franky):
     behind[0] = 2.6
     with pytest.raises(UnsafeTargetError, match="workspace"):
         arm.move_to(behind)
+
+
+def test_move_to_stops_the_arm_on_a_stop_request_ctrl_c_or_timeout(franky):
+    # homing takes seconds: the session's first Ctrl-C (a stop request) or a KeyboardInterrupt must not
+    # wait for it to end; the arm decelerates to a stop (JointStopMotion) at once
+    arm = FrankaArm("10.0.0.2")
+    far = Q_READY + np.array([0.5, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0])
+    asked = []
+    arm.robot.motion_slices = 100
+    assert arm.move_to(far, should_stop=lambda: len(asked) >= 3 or asked.append(1)) is False
+    assert isinstance(arm.robot.moves[-1][0], franky.JointStopMotion) and arm.robot.motion_slices == 96  # 4 slices waited
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    arm.robot.motion_slices = 100
+    with pytest.raises(KeyboardInterrupt):
+        arm.move_to(far, should_stop=ctrl_c)
+    assert isinstance(arm.robot.moves[-1][0], franky.JointStopMotion)
+    arm.robot.motion_slices = 10**6
+    with pytest.raises(ArmError, match="did not finish within 0.05 s") as info:
+        arm.move_to(far, timeout=0.05)
+    assert info.value.kind == "timeout" and arm.robot.hard_stops == 1
+    arm.robot.motion_slices = 0
+    assert arm.move_to(far) is True
 
 
 def test_move_to_runs_at_the_configured_dynamics_factor(franky):

@@ -128,3 +128,13 @@ def test_first_ctrl_c_sets_the_flag_second_raises():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_raises_once_the_session_is_stopping_for_another_reason():
+    # e.g. the display's stop key was pressed and the arm is still being stopped: Ctrl-C is not swallowed
+    flag = StopFlag()
+    with flag.sigint_sets():
+        flag.set("stop_key")
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    assert flag.reason == "stop_key"

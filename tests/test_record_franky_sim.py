@@ -3,6 +3,7 @@ the real franky client is homed, streams the scripted operator's 10 Hz targets i
 episode is recorded and scored from the arm's measured joints."""
 
 import json
+import time
 
 import numpy as np
 
@@ -44,3 +45,43 @@ def test_record_with_franky_arm(franky_sim, tmp_path):
     targets = {n: np.asarray(v) for n, v in meta["targets"]["ee"].items() if n.endswith("bowl")}
     closest = {n: np.linalg.norm(ee - t, axis=1).min() for n, t in targets.items()}
     assert min(closest, key=closest.get) == expected and closest[expected] < 0.1, closest
+
+
+def test_ctrl_c_while_homing_stops_the_arm_before_the_episode(franky_sim, tmp_path, monkeypatch):
+    """Homing is a blocking franky motion of seconds: the session's first Ctrl-C must stop the arm where it
+    is, not after the motion, and the episode must not take a single step."""
+    import signal
+
+    from robot.franka_arm import FrankaArm
+    from robot.session import LiveRig
+
+    away = load_targets("movesense_lr.yaml").home.q + np.array([0.4, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0])
+    calls = []
+    home_arm = LiveRig.home_arm
+
+    def home_from_afar(rig, seed, should_stop=None):
+        rig.arm.move_to(away)  # a long way to go home (franky-sim starts near it)
+        calls.append(time.monotonic())
+
+        def ctrl_c_after_a_moment():
+            if time.monotonic() - calls[0] > 0.3 and len(calls) == 1:
+                calls.append(time.monotonic())
+                signal.raise_signal(signal.SIGINT)  # the session's handler sets its stop flag
+            return should_stop()
+
+        home_arm(rig, seed, ctrl_c_after_a_moment)
+        calls.append(time.monotonic())
+
+    moves = []
+    real_move_to = FrankaArm.move_to
+    monkeypatch.setattr(FrankaArm, "move_to", lambda arm, q, **kw: moves.append(real_move_to(arm, q, **kw)) or moves[-1])
+    monkeypatch.setattr(LiveRig, "home_arm", home_from_afar)
+    code = main(["camera=sim", "arm=franka", "arm.ip=127.0.0.1", "arm.relative_dynamics_factor=0.2",
+                 "teleop=scripted", f"out={tmp_path / 'rec.zarr'}", "episodes=2", f"log_dir={tmp_path}",
+                 f"display.log_dir={tmp_path}", *SHORT])
+    report = json.loads(max(tmp_path.glob("record_*.json")).read_text())
+    assert code == 130 and report["stopped"] == "interrupted"
+    assert moves == [True, False]  # the homing motion was cut short
+    assert calls[2] - calls[1] < 0.5, "the arm was not stopped at once"
+    assert [e["end_reason"] for e in report["episodes"]] == ["interrupted"]
+    assert report["episodes"][0]["loop"]["n_steps"] == 0 and report["episodes_committed"] == 0
