@@ -254,6 +254,17 @@ def headless(cfg: DictConfig) -> bool:
     return str(cfg.camera.type) == "sim" if h is None else bool(h)
 
 
+def check_crop_calibrated(camera: DictConfig) -> None:
+    """A real camera without display corners would show the policy the whole room, resized: refuse it
+    unless the config says so (``camera.crop.full_frame``)."""
+    crop = camera.get("crop") or {}
+    if str(camera.type) != "sim" and crop.get("corners") is None and not crop.get("full_frame", False):
+        raise ValueError(f"camera.crop.corners is not calibrated for camera={camera.type}: the policy would see the "
+                         f"whole camera image instead of the display. Mark the display once with `moss-calibrate crop "
+                         f"camera={camera.type}` (it writes the corners into configs/camera/{camera.type}.yaml), or set "
+                         "camera.crop.full_frame=true to run on the whole image")
+
+
 AFTER_ARM_ERROR = ("ask", "recover", "stop")
 
 
@@ -287,6 +298,7 @@ def build_live_rig(cfg: DictConfig, first_seed: int) -> LiveRig:
         camera = make_camera(cam_cfg, clock=clock, render=stimulus.render, seed=int(first_seed))
         if camera.time_base not in LIVE_TIME_BASES:
             raise ValueError(unsupported_camera_message(str(cfg.camera.type), camera.time_base))
+        check_crop_calibrated(cfg.camera)
         crop = make_display_crop(cfg.camera)
         arm = make_arm(cfg, clock, targets)
     except BaseException:

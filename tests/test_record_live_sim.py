@@ -176,3 +176,16 @@ def test_the_rig_tail_and_camera_timeout_are_the_live_sessions_too(tmp_path):
     loop = record(cfg)["episodes"][0]["loop"]
     # the display's episode lasts 3.0 s; the loop kept recording 2 s after its end
     assert loop["reason"] == "episode_done" and loop["duration_s"] > 3.0 + 2.0 - 0.4
+
+
+def test_a_real_camera_without_display_corners_is_refused_unless_full_frame_is_asked_for():
+    from robot.rig_builder import check_crop_calibrated
+
+    for cam in ("zed", "uvc"):
+        with pytest.raises(ValueError, match=rf"corners is not calibrated for camera={cam}.*moss-calibrate crop "
+                                             rf"camera={cam}.*configs/camera/{cam}.yaml.*full_frame=true"):
+            check_crop_calibrated(compose_config([f"camera={cam}"]).camera)
+        check_crop_calibrated(compose_config([f"camera={cam}", "camera.crop.full_frame=true"]).camera)
+        check_crop_calibrated(compose_config([f"camera={cam}",
+                                              "camera.crop.corners=[[300,100],[900,100],[900,600],[300,600]]"]).camera)
+    check_crop_calibrated(compose_config(["camera=sim"]).camera)
