@@ -222,6 +222,23 @@ def test_gamepad_buttons_snap_and_sticks_jog():
     assert a[7] == 0.0 and policy.last_input.events == ["store", "next"]  # buttons, then hat events
 
 
+def test_gamepad_drains_stick_events_and_stops_when_unplugged():
+    # SDL drops new events once its queue holds 65535: stick motion (hundreds a second, read by get_axis)
+    # must not accumulate, or button presses are lost after minutes of recording
+    gp = Gamepad(["left_bowl"], joystick=FakeJoystick())
+    for i in range(500):
+        pygame.event.post(pygame.event.Event(pygame.JOYAXISMOTION, axis=i % 6, value=0.5, instance_id=3, joy=0))
+    pygame.event.post(pygame.event.Event(pygame.KEYDOWN, key=pygame.K_a, mod=0, unicode="a", scancode=4))
+    button(0)
+    assert gp.poll().snap == "left_bowl"
+    assert not pygame.event.peek(pygame.JOYAXISMOTION)
+    assert pygame.event.get(pygame.KEYDOWN)  # not the pad's: left for whoever reads the keyboard
+    pygame.event.post(pygame.event.Event(pygame.JOYDEVICEREMOVED, instance_id=9))  # another pad
+    assert gp.poll().events == []
+    pygame.event.post(pygame.event.Event(pygame.JOYDEVICEREMOVED, instance_id=3))
+    assert gp.poll().events == ["quit"]  # the session stops (teleop quit) instead of jogging blind
+
+
 def test_gamepad_config_errors_and_deadzone():
     assert deadzone(0.1, 0.15) == 0.0
     assert deadzone(1.0, 0.15) == pytest.approx(1.0)

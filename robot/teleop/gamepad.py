@@ -9,6 +9,7 @@ configs/teleop/gamepad.yaml (defaults: an Xbox-layout pad under SDL2 on Linux).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,6 +17,8 @@ import numpy as np
 import pygame
 
 from robot.teleop.operator import TeleopInput
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BUTTONS: dict[str, Any] = {
     "snap": [0, 1, 2, 3],  # A, B, X, Y -> pointing targets in calibration order
@@ -29,6 +32,8 @@ DEFAULT_BUTTONS: dict[str, Any] = {
 DEFAULT_AXES: dict[str, Any] = {"x": 1, "y": 0, "z": 4, "joint": 1}  # left stick y/x, right stick y
 DEFAULT_INVERT: dict[str, bool] = {"x": True, "y": True, "z": True, "joint": True}  # stick up = negative
 DEFAULT_HAT: dict[str, Any] = {"up": "open", "down": "close", "right": "next", "left": "prev"}
+# joystick events poll() does not use (a display in the same process keeps its own event types)
+UNUSED_EVENTS = (pygame.JOYAXISMOTION, pygame.JOYBALLMOTION, pygame.JOYBUTTONUP)
 
 
 def deadzone(value: float, dz: float) -> float:
@@ -99,10 +104,17 @@ class Gamepad:
         inp = TeleopInput()
         # pygame returns the requested types one after the other: within one control period the
         # button events come before the hat events
-        for ev in pygame.event.get(eventtype=(pygame.JOYBUTTONDOWN, pygame.JOYHATMOTION)):
+        events = pygame.event.get(eventtype=(pygame.JOYBUTTONDOWN, pygame.JOYHATMOTION, pygame.JOYDEVICEREMOVED))
+        # the sticks are read by get_axis; their motion events (hundreds a second) would otherwise pile up
+        # until SDL's queue (65535) is full and drops every new button press
+        pygame.event.clear(eventtype=UNUSED_EVENTS)
+        for ev in events:
             if getattr(ev, "instance_id", self.instance_id) != self.instance_id:
                 continue  # another pad
-            if ev.type == pygame.JOYBUTTONDOWN:
+            if ev.type == pygame.JOYDEVICEREMOVED:  # unplugged / battery: end the session, not jog blind
+                log.error("gamepad teleop: the pad (instance %s) was disconnected; stopping", self.instance_id)
+                inp.events.append("quit")
+            elif ev.type == pygame.JOYBUTTONDOWN:
                 if ev.button in self.snap_buttons:
                     inp.snap = self.snap_buttons[ev.button]
                 for action, btn in self.buttons.items():
