@@ -73,8 +73,12 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
     if int(cfg.threads) > 0:  # see configs/trial.yaml
         torch.set_num_threads(int(cfg.threads))
     out = Path(str(cfg.eval_dir))
-    out.mkdir(parents=True, exist_ok=True)
     trial_log = out / "trials.jsonl"
+    if trial_log.exists() and trial_log.stat().st_size and not cfg.get("overwrite"):
+        # after a crash it may be the only record of an earlier session's trials
+        raise FileExistsError(f"moss-trial: {trial_log} holds the trials of an earlier session; give this session "
+                              f"its own eval_dir=..., or overwrite=true to replace them")
+    out.mkdir(parents=True, exist_ok=True)
     trial_log.write_text("")
     results: list[InteractionResult] = []
     episodes: list[dict[str, Any]] = []

@@ -5,6 +5,7 @@ safely with the reason recorded."""
 import json
 
 import numpy as np
+import pytest
 
 from robot.record_cli import compose_config
 from robot.trial_cli import main, run_trials
@@ -79,3 +80,15 @@ def test_exit_code_is_130_only_for_a_user_stop(monkeypatch):
         report = {"task": "movesense_lr", "trials": 0, "stopped": stopped, "eval_dir": "/tmp/x", **summarize([], [])}
         monkeypatch.setattr(trial_cli, "run_trials", lambda cfg, r=report: r)
         assert trial_cli.main(["checkpoint=/nonexistent"]) == code, stopped
+
+
+def test_an_earlier_sessions_trial_log_is_not_overwritten(tmp_path):
+    out = tmp_path / "trials"
+    out.mkdir()
+    (out / "trials.jsonl").write_text('{"trial": 0, "success": true}\n')
+    cfg = compose_config(["task=movesense_lr", "trials=1", f"eval_dir={out}", "checkpoint=",
+                          f"display.log_dir={tmp_path}", *SHORT], "trial")
+    with pytest.raises(FileExistsError, match=r"trials.jsonl holds the trials of an earlier session.*eval_dir="
+                                              r".*overwrite=true"):
+        run_trials(cfg, policy=Faulty())
+    assert (out / "trials.jsonl").read_text().startswith('{"trial": 0')
