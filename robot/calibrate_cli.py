@@ -25,7 +25,7 @@ import numpy as np
 
 from robot.fr3_kinematics import Q_READY
 from robot.interfaces import Arm
-from robot.safety import SafetyChecker, UnsafeTargetError
+from robot.safety import ArmError, SafetyChecker, UnsafeTargetError
 from robot.teleop.operator import TeleopPolicy
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,27 @@ def run_calibration(
     on_step: Callable[[int], None] | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> bool:
-    """The calibration loop. Returns True if the file was written."""
+    """The calibration loop. Returns True if the file was written. Poses stored before Ctrl-C or an arm
+    error that cannot be recovered are written as at a normal end (a complete set) before it ends."""
+    try:
+        _calibration_loop(arm, teleop, recorder, out, clock, period, max_steps, on_step, print_fn)
+    except KeyboardInterrupt:
+        print_fn("interrupted")
+    finally:
+        if recorder.stored and not recorder.saved:
+            if recorder.complete:
+                save_targets(out, recorder.configs(), recorder.names[0])
+                recorder.saved = True
+                print_fn(f"wrote {out}")
+            else:
+                missing = [n for n in recorder.names if n not in recorder.configs()]
+                print_fn(f"not written: no pose yet for {missing}")
+    return recorder.saved
+
+
+def _calibration_loop(arm: Arm, teleop: TeleopPolicy, recorder: TargetRecorder, out: Path, clock: Any,
+                      period: float, max_steps: int | None, on_step: Callable[[int], None] | None,
+                      print_fn: Callable[[str], None]) -> None:
     k = 0
     t0 = clock.now()
     print_fn(recorder.status())
@@ -120,6 +140,12 @@ def run_calibration(
         except UnsafeTargetError as e:
             print_fn(f"refused: {e.reason}")
             teleop.reset()  # continue from where the arm is
+        except ArmError as e:  # e.g. a reflex while jogging near the table: the arm stopped where it was
+            if not e.recoverable or not hasattr(arm, "recover"):
+                raise
+            print_fn(f"arm error: {e.reason}; recovering (the arm stays where it stopped)")
+            arm.recover()
+            teleop.reset()
         events = teleop.last_input.events
         for ev in events:
             if ev == "next":
@@ -143,16 +169,8 @@ def run_calibration(
             print_fn(recorder.status())
         if "quit" in events:
             break
-        k += 1
-    if recorder.stored and not recorder.saved:
-        if recorder.complete:
-            save_targets(out, recorder.configs(), recorder.names[0])
-            recorder.saved = True
-            print_fn(f"wrote {out}")
-        else:
-            missing = [n for n in recorder.names if n not in recorder.configs()]
-            print_fn(f"not written: no pose yet for {missing}")
-    return recorder.saved
+        # after a stall, go on from the current tick: the missed ones are not fired back to back
+        k = max(k + 1, int((clock.now() - t0) / period))
 
 
 def _make_arm(cfg: Any, clock: Any, q0: np.ndarray) -> tuple[Arm, SafetyChecker]:

@@ -108,3 +108,48 @@ def test_main_dispatches_crop_and_help(tmp_path, capsys):
     assert "moss-calibrate" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["crop", "camera=nonexistent"])
+
+
+def test_ctrl_c_and_arm_errors_do_not_lose_stored_poses(tmp_path, capsys, monkeypatch):
+    from robot.safety import ArmError
+    from robot.sim_arm import SimArm
+
+    # Ctrl-C after a pose was stored: the (complete) set is written as at a normal end
+    out = tmp_path / "pong.yaml"
+    script = scripted_keys({1: press(pygame.K_TAB), 2: press(pygame.K_RETURN)})
+
+    def ctrl_c_at_5(k):
+        script(k)
+        if k == 5:
+            raise KeyboardInterrupt
+
+    assert calibrate_targets(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
+                             on_step=ctrl_c_at_5)
+    assert "interrupted" in capsys.readouterr().out and TargetSet.load(out).names[1] == "red_cup"
+    # a recoverable arm error (a reflex while jogging) is recovered and the session goes on
+    sent, recovered = [], []
+    real_command = SimArm.command
+
+    def reflex_on_3rd(arm, q, gripper=None):
+        sent.append(1)
+        if len(sent) == 3:
+            raise ArmError("cartesian_reflex", kind="reflex")
+        return real_command(arm, q, gripper)
+
+    monkeypatch.setattr(SimArm, "command", reflex_on_3rd)
+    monkeypatch.setattr(SimArm, "recover", lambda arm: recovered.append(1), raising=False)
+    out2 = tmp_path / "pong2.yaml"
+    script2 = {6: press(pygame.K_TAB), 7: press(pygame.K_RETURN), 8: press(pygame.K_ESCAPE)}
+    assert calibrate_targets(["task=pongpredict", "arm=sim", f"out={out2}"], clock=SimClock(), max_steps=50,
+                             on_step=scripted_keys(script2))
+    assert recovered == [1] and "arm error: cartesian_reflex; recovering" in capsys.readouterr().out
+    # one that cannot be recovered ends the session, after the stored poses are written
+    sent.clear()
+    monkeypatch.setattr(SimArm, "recover", lambda arm: (_ for _ in ()).throw(ArmError("locked", recoverable=False)),
+                        raising=False)
+    script3 = {0: press(pygame.K_TAB), 1: press(pygame.K_RETURN)}  # stored before the 3rd command
+    out3 = tmp_path / "pong3.yaml"
+    with pytest.raises(ArmError, match="locked"):
+        calibrate_targets(["task=pongpredict", "arm=sim", f"out={out3}"], clock=SimClock(), max_steps=50,
+                          on_step=scripted_keys(script3))
+    assert out3.is_file()
