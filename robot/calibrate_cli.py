@@ -45,8 +45,10 @@ def target_names(task_cfg: Any) -> list[str]:
 class TargetRecorder:
     """Which target is selected, what has been stored; turns teleop events into actions."""
 
-    def __init__(self, names: Sequence[str], existing: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, names: Sequence[str], existing: dict[str, np.ndarray] | None = None,
+                 arm: str | None = None) -> None:
         self.names = list(names)
+        self.arm = arm  # the arm type the poses are taken on (written into the file)
         self.existing = dict(existing or {})
         self.stored: dict[str, np.ndarray] = {}
         self.selected = 0
@@ -82,12 +84,14 @@ class TargetRecorder:
         return f"targets: {marks}   (* = stored this session)"
 
 
-def save_targets(path: Path, configs: dict[str, np.ndarray], home: str) -> None:
-    """Write the calibration file in the tasks/targets.py format (backup of an existing file: .bak)."""
+def save_targets(path: Path, recorder: TargetRecorder) -> None:
+    """Write the recorder's poses as a calibration file in the tasks/targets.py format (backup of an
+    existing file: .bak)."""
     from tasks.targets import TargetSet
 
     path = Path(path)
-    ts = TargetSet.from_joint_configs(configs, source=str(path), home=home)
+    ts = TargetSet.from_joint_configs(recorder.configs(), source=str(path), home=recorder.names[0],
+                                      arm=recorder.arm)
     if path.exists():
         shutil.copy(path, path.with_suffix(path.suffix + ".bak"))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -114,7 +118,7 @@ def run_calibration(
     finally:
         if recorder.stored and not recorder.saved:
             if recorder.complete:
-                save_targets(out, recorder.configs(), recorder.names[0])
+                save_targets(out, recorder)
                 recorder.saved = True
                 print_fn(f"wrote {out}")
             else:
@@ -162,7 +166,7 @@ def _calibration_loop(arm: Arm, teleop: TeleopPolicy, recorder: TargetRecorder, 
                 if not recorder.configs():
                     print_fn("nothing to save yet")
                     continue
-                save_targets(out, recorder.configs(), recorder.names[0])
+                save_targets(out, recorder)
                 recorder.saved = True
                 print_fn(f"wrote {out}" + ("" if recorder.complete else " (incomplete)"))
         if events and any(e in ("next", "prev", "store") for e in events):
@@ -208,8 +212,11 @@ def calibrate_targets(overrides: Sequence[str], clock: Any = None, max_steps: in
     source = out if out.is_file() else calib
     if source.is_file():
         previous = TargetSet.load(source, home=names[0])
-        existing = {n: previous[n].q for n in names if n in previous}
-        print(f"previous poses from {source}: {sorted(existing)}")
+        if previous.arm == str(cfg.arm.type):
+            existing = {n: previous[n].q for n in names if n in previous}
+            print(f"previous poses from {source}: {sorted(existing)}")
+        else:  # e.g. the simulated rig's poses for a real arm: neither snap targets nor kept in the file
+            print(f"not using the poses of {source}: taken on arm={previous.arm}, this is arm={cfg.arm.type}")
     clock = clock or RealClock()
     q0 = existing.get(names[0], Q_READY)
     arm, safety = _make_arm(cfg, clock, np.asarray(q0))
@@ -221,7 +228,7 @@ def calibrate_targets(overrides: Sequence[str], clock: Any = None, max_steps: in
                          joystick=joystick)
     if names[0] != "home":  # the device's home key snaps to the rest target
         teleop.targets["home"] = teleop.targets.get(names[0], np.asarray(q0))
-    recorder = TargetRecorder(names, existing)
+    recorder = TargetRecorder(names, existing, arm=str(cfg.arm.type))
     print(f"moss-calibrate: task {cfg.task.name}, arm {cfg.arm.type}, teleop {cfg.teleop.type}; writing {out}")
     try:
         return run_calibration(arm, teleop, recorder, out, clock, period=1.0 / float(cfg.teleop.control_hz),

@@ -33,7 +33,7 @@ from tasks.display_driver import DisplayProcess
 from tasks.sim_rig import task_targets
 from tasks.stimulus import StimulusState, StimulusTask
 from tasks.stimulus_link import StimulusSample
-from tasks.targets import TargetSet
+from tasks.targets import TargetSet, check_taken_on
 
 
 def plain(cfg: Any) -> Any:
@@ -281,6 +281,7 @@ def build_live_rig(cfg: DictConfig, first_seed: int) -> LiveRig:
     after_arm_error(cfg)  # a typo fails now, not after the first reflex
     task0 = make_task(cfg.task, first_seed)
     targets, l2t = task_targets(cfg.task, task0.label_names)
+    check_taken_on(targets, str(cfg.arm.type))
     clock = RealClock()
     log_dir = Path(str(cfg.display.log_dir))
     display_log = (log_dir / f"display_{time.strftime('%Y%m%d_%H%M%S')}_{id(clock) % 100000}.jsonl").resolve()

@@ -4,7 +4,9 @@ One small YAML calibration file per task (`tasks/calibration/<name>.yaml`) holds
 (MoveSense) or cups (PongPredict). The scripted operator moves to the joint configurations; scoring
 compares the arm's flange position with the stored positions. Users record their own files with the
 real arm; the stored position must match the forward kinematics of the stored joints (checked on load,
-so a file recorded with a tool offset is caught instead of silently breaking scoring).
+so a file recorded with a tool offset is caught instead of silently breaking scoring). A file says which
+arm its poses were taken on (`arm: sim` for the built-in ones; `moss-calibrate` writes the arm it ran on),
+so that a real arm is never homed to, or scored against, the simulated rig's poses.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ class Target:
 class TargetSet:
     """The targets of one task: `home` plus the pointing targets, looked up by name."""
 
-    def __init__(self, targets: Mapping[str, Target], source: str = "<memory>", home: str = HOME) -> None:
+    def __init__(self, targets: Mapping[str, Target], source: str = "<memory>", home: str = HOME,
+                 arm: str | None = None) -> None:
         self.source = source
+        self.arm = arm  # the arm type the poses were taken on ("sim", "franka"); None: not recorded
         self.targets = dict(targets)
         self.home_name = home
         if home not in self.targets:
@@ -72,14 +76,15 @@ class TargetSet:
     # --- construction / io -------------------------------------------------------------------------------
     @classmethod
     def from_joint_configs(
-        cls, configs: Mapping[str, Sequence[float]], source: str = "<memory>", home: str = HOME
+        cls, configs: Mapping[str, Sequence[float]], source: str = "<memory>", home: str = HOME,
+        arm: str | None = None,
     ) -> TargetSet:
-        """Targets from joint configurations; positions from the FR3 forward kinematics."""
+        """Targets from joint configurations (taken on `arm`); positions from the FR3 forward kinematics."""
         targets = {}
         for name, q in configs.items():
             q = np.asarray(q, dtype=np.float64)
             targets[name] = Target(name, q, ee_position(q))
-        return cls(targets, source, home)
+        return cls(targets, source, home, arm)
 
     @classmethod
     def load(cls, path: str | Path, home: str = HOME, ee_tolerance: float = 0.01) -> TargetSet:
@@ -113,12 +118,14 @@ class TargetSet:
                     f"position (no tool offset), e.g. recompute it with tasks.targets.TargetSet.from_joint_configs"
                 )
             targets[name] = Target(str(name), q, ee)
-        return cls(targets, str(path), home)
+        arm = doc.get("arm")
+        return cls(targets, str(path), home, None if arm is None else str(arm))
 
     def save(self, path: str | Path) -> None:
         doc = {
             "frame": "base",
             "ee": "flange",
+            **({} if self.arm is None else {"arm": self.arm}),
             "targets": {
                 n: {"q": [round(float(v), 5) for v in t.q], "ee": [round(float(v), 4) for v in t.ee]}
                 for n, t in self.targets.items()
@@ -135,6 +142,17 @@ class TargetSet:
                 if d < min_distance:
                     raise ValueError(f"{self.source}: targets '{a}' and '{b}' are only {d:.3f} m apart; "
                                      f"scoring needs more than {min_distance} m")
+
+
+def check_taken_on(targets: TargetSet, arm_type: str) -> None:
+    """Refuse to drive a real arm with poses taken on another arm (the built-in files are the simulated
+    rig's): homing would move it to places nobody checked, and scoring would judge against them."""
+    if arm_type != "sim" and targets.arm != arm_type:
+        taken = f"poses taken on arm={targets.arm}" if targets.arm else "poses without an 'arm:' entry"
+        raise ValueError(f"{targets.source} holds {taken}, not on arm={arm_type}: record this rig's own with "
+                         f"`moss-calibrate targets task=<task> arm={arm_type} out=<file>` and set "
+                         f"task.targets.calibration=<file> (or, if the file's poses were taken on this arm, add "
+                         f"'arm: {arm_type}' to it)")
 
 
 def resolve_calibration(name_or_path: str | Path) -> Path:

@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+import pytest
 
 from moss_vla.episodes import EpisodeStore
 from robot.fr3_kinematics import ee_position
@@ -16,12 +17,21 @@ SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5
          "progress=false"]
 
 
+def franka_targets(tmp_path) -> str:
+    """The built-in MoveSense L/R poses as if calibrated on this arm (a real arm refuses the sim's own)."""
+    ts = load_targets("movesense_lr.yaml")
+    ts.arm = "franka"
+    path = tmp_path / "franka_targets.yaml"
+    ts.save(path)
+    return f"task.targets.calibration={path}"
+
+
 def test_record_with_franky_arm(franky_sim, tmp_path):
     out = tmp_path / "rec.zarr"
     # franky-sim's MuJoCo arm lags a 10 Hz stream by ~0.6 s (more on a busy machine: it falls behind real
     # time), i.e. up to ~0.45 rad at the operator's peak speed: the deviation limit is widened for it
     code = main(["camera=sim", "arm=franka", "arm.ip=127.0.0.1", "arm.relative_dynamics_factor=0.5",
-                 "arm.safety.max_deviation=0.6",
+                 "arm.safety.max_deviation=0.6", franka_targets(tmp_path),
                  "teleop=scripted", f"out={out}", "episodes=1", f"log_dir={tmp_path}", f"display.log_dir={tmp_path}",
                  "loop.max_missed_streak=1000",  # a shared CI machine must not end the episode (tested elsewhere)
                  *SHORT])
@@ -77,7 +87,7 @@ def test_ctrl_c_while_homing_stops_the_arm_before_the_episode(franky_sim, tmp_pa
     monkeypatch.setattr(FrankaArm, "move_to", lambda arm, q, **kw: moves.append(real_move_to(arm, q, **kw)) or moves[-1])
     monkeypatch.setattr(LiveRig, "home_arm", home_from_afar)
     code = main(["camera=sim", "arm=franka", "arm.ip=127.0.0.1", "arm.relative_dynamics_factor=0.2",
-                 "teleop=scripted", f"out={tmp_path / 'rec.zarr'}", "episodes=2", f"log_dir={tmp_path}",
+                 franka_targets(tmp_path), "teleop=scripted", f"out={tmp_path / 'rec.zarr'}", "episodes=2", f"log_dir={tmp_path}",
                  f"display.log_dir={tmp_path}", *SHORT])
     report = json.loads(max(tmp_path.glob("record_*.json")).read_text())
     assert code == 130 and report["stopped"] == "interrupted"
@@ -85,3 +95,13 @@ def test_ctrl_c_while_homing_stops_the_arm_before_the_episode(franky_sim, tmp_pa
     assert calls[2] - calls[1] < 0.5, "the arm was not stopped at once"
     assert [e["end_reason"] for e in report["episodes"]] == ["interrupted"]
     assert report["episodes"][0]["loop"]["n_steps"] == 0 and report["episodes_committed"] == 0
+
+
+def test_a_real_arm_refuses_the_simulated_rigs_poses(tmp_path):
+    """Homing a real arm to the built-in (simulated rig's) poses, or scoring against them, is refused before
+    anything connects, naming the file and how to calibrate."""
+    with pytest.raises(ValueError, match=r"movesense_lr.yaml holds poses taken on arm=sim, not on arm=franka.*"
+                                         r"moss-calibrate targets task=<task> arm=franka"):
+        main(["camera=sim", "arm=franka", "arm.ip=127.0.0.1", "teleop=scripted", f"out={tmp_path / 'r.zarr'}",
+              "episodes=1", f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", *SHORT])
+    assert not (tmp_path / "r.zarr").exists()

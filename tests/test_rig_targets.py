@@ -46,3 +46,22 @@ def test_round_trip_and_errors(tmp_path):
         TargetSet.from_joint_configs({"home": ts.home.q, "x": ts.home.q}).check_separation(["home", "x"], 0.15)
     with pytest.raises(FileNotFoundError, match="built-in ones"):
         load_targets("nope")
+
+
+def test_files_say_which_arm_their_poses_were_taken_on(tmp_path):
+    from tasks.targets import check_taken_on
+
+    for task in ("movesense_lr", "movesense_rot", "pongpredict"):
+        assert load_targets(task).arm == "sim"  # the built-in poses are the simulated rig's
+    ts = TargetSet.from_joint_configs({"home": load_targets("pongpredict").home.q}, arm="franka")
+    ts.save(tmp_path / "rig.yaml")
+    mine = load_targets(tmp_path / "rig.yaml")
+    assert mine.arm == "franka"
+    check_taken_on(mine, "franka")
+    check_taken_on(load_targets("pongpredict"), "sim")
+    check_taken_on(mine, "sim")  # the simulated arm can be put anywhere
+    with pytest.raises(ValueError, match=r"pongpredict.yaml holds poses taken on arm=sim, not on arm=franka"):
+        check_taken_on(load_targets("pongpredict"), "franka")
+    TargetSet.from_joint_configs({"home": ts.home.q}).save(tmp_path / "bare.yaml")
+    with pytest.raises(ValueError, match=r"without an 'arm:' entry.*add 'arm: franka' to it"):
+        check_taken_on(load_targets(tmp_path / "bare.yaml"), "franka")

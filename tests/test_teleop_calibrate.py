@@ -153,3 +153,23 @@ def test_ctrl_c_and_arm_errors_do_not_lose_stored_poses(tmp_path, capsys, monkey
         calibrate_targets(["task=pongpredict", "arm=sim", f"out={out3}"], clock=SimClock(), max_steps=50,
                           on_step=scripted_keys(script3))
     assert out3.is_file()
+
+
+def test_poses_taken_on_another_arm_do_not_seed_the_session(tmp_path, capsys):
+    # a file from the real arm is not this (simulated) arm's: its poses are neither snap targets nor kept
+    out = tmp_path / "rig.yaml"
+    ts = load_targets("pongpredict")
+    ts.arm = "franka"
+    ts.save(out)
+    script = {1: press(pygame.K_TAB), 2: press(pygame.K_RETURN), 3: press(pygame.K_ESCAPE)}
+    written = calibrate_targets(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
+                                on_step=scripted_keys(script))
+    log = capsys.readouterr().out
+    assert not written and "taken on arm=franka, this is arm=sim" in log and "not written: no pose yet" in log
+    assert load_targets(out).arm == "franka"  # untouched
+    # a session that stores every pose writes the arm it ran on
+    script = {1: press(pygame.K_RETURN), 2: press(pygame.K_RETURN), 3: press(pygame.K_RETURN),
+              4: press(pygame.K_RETURN), 5: press(pygame.K_ESCAPE)}
+    assert calibrate_targets(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
+                             on_step=scripted_keys(script))
+    assert load_targets(out).arm == "sim"
