@@ -122,7 +122,11 @@ class FrankaArm:
                                kind="reflex", recoverable=False)
             log.warning("Franka at %s reports errors on connect (%s); recovering", ip, self._current_errors())
             self.robot.recover_from_errors()
-        if collision_torque_threshold is not None and collision_force_threshold is not None:
+        if (collision_torque_threshold is None) != (collision_force_threshold is None):
+            raise ArmError("arm.collision_torque_threshold and arm.collision_force_threshold go together: set both "
+                           f"or neither (got {collision_torque_threshold} Nm, {collision_force_threshold} N)",
+                           kind="setup", recoverable=False)
+        if collision_torque_threshold is not None:
             self.robot.set_collision_behavior(float(collision_torque_threshold), float(collision_force_threshold))
         self.gripper = None
         self._gripper_width = 0.0  # what state() reports (see the module docstring)

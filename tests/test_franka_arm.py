@@ -146,6 +146,8 @@ def test_connects_with_realtime_ignore_and_sets_the_dynamics_factor_on_the_robot
     assert asynchronous and motion.factor == 1.0  # the factor is on the robot, not on each motion
     np.testing.assert_allclose(motion.target, Q_READY + 0.01)
     assert FrankaArm("10.0.0.2", realtime=True).robot.realtime_config == franky.RealtimeConfig.Enforce
+    with pytest.raises(ArmError, match=r"set both or neither \(got 25.0 Nm, None N\)"):
+        FrankaArm("10.0.0.2", collision_torque_threshold=25.0)  # silently ignored before
 
 
 def test_integer_targets_are_sent_as_float64(franky):
