@@ -86,7 +86,7 @@ def main() -> None:
     }, indent=1))
     plot_table(out.with_suffix(".png"), table, policies,
                "closed-loop success in the simulated rig: one recipe per task, and MOSS's best run\n"
-               "(small_fine, 50 episodes; bars: 95% intervals over trials; circles: training seeds)")
+               "(small_fine, 50 episodes; 95% intervals over trials, or over training seeds (circles) where there are several)")
     print(out.with_suffix(".md").read_text())
 
 

@@ -13,9 +13,10 @@ import csv
 import json
 import os
 import platform
+import statistics
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -305,8 +306,12 @@ def _markdown(table: dict[str, dict[str, Any]], policies: list[str], column: Cal
 def table_markdown(table: dict[str, dict[str, Any]], policies: list[str], with_paper: bool = True) -> str:
     def cell(pol: str, t: str, r: dict[str, Any]) -> str:
         o = r["overall"]
-        per_seed = "" if len(r["seeds"]) == 1 else "; seeds " + " / ".join(
-            f"{100 * s['overall']['success_rate']:.1f}" for s in r["seeds"].values())
+        rates = [s["overall"]["success_rate"] for s in r["seeds"].values()]
+        per_seed = ""
+        if len(rates) > 1:
+            lo, hi = seed_interval(rates)
+            per_seed = (f"; seeds {' / '.join(f'{100 * x:.1f}' for x in rates)}, "
+                        f"95% interval over seeds {100 * lo:.0f}-{100 * hi:.0f}")
         text = f"{100 * o['success_rate']:.1f} ({o['success']}/{o['trials']}{per_seed})"
         if with_paper and pol in PAPER_TABLE5 and t in PAPER_TABLE5[pol]:
             text += f" [paper {PAPER_TABLE5[pol][t]:.1f}]"
@@ -342,11 +347,30 @@ def wilson_interval(success: int, trials: int, z: float = 1.96) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+# Student t quantiles t(0.975, df) for df = 1..30 (beyond: the normal 1.96)
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)
+
+
+def seed_interval(rates: Sequence[float]) -> tuple[float, float]:
+    """95% interval of a recipe's mean success over its training seeds: Student t on the seeds' own rates
+    (at least 2), clipped to [0, 1]. Every seed is evaluated on the same trial episodes, so a Wilson
+    interval on the pooled trials (seeds x trials) would claim a precision the trials do not have and
+    ignore the spread between training runs, which is what decides here."""
+    if len(rates) < 2:
+        raise ValueError(f"seed_interval: needs the rates of at least 2 training seeds, got {list(rates)}")
+    mean, sd = statistics.fmean(rates), statistics.stdev(rates)
+    t = T_975[len(rates) - 2] if len(rates) - 1 <= len(T_975) else 1.96
+    half = t * sd / len(rates) ** 0.5
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
 def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str], title: str) -> None:
-    """Success per task and policy as grouped bars with 95% Wilson intervals, the paper's table 5 as
-    black diamonds: with one run of ~100 trials each, the intervals say which gaps the trials can tell. With
-    several training seeds the bars pool their trials and open circles mark each seed's own rate (the
-    interval covers trial noise only; the circles show the spread between training runs)."""
+    """Success per task and policy as grouped bars with 95% intervals, the paper's table 5 as black
+    diamonds: with one run of ~100 trials each, the (Wilson) intervals say which gaps the trials can
+    tell. With several training seeds the bars pool their trials, open circles mark each seed's own rate
+    and the interval is over the seeds (:func:`seed_interval`)."""
     import textwrap
 
     import matplotlib
@@ -369,16 +393,16 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
             if (r := table[t].get(pol)) is None:
                 continue
             o = r["overall"]
-            a, b = wilson_interval(o["success"], o["trials"])
+            per_seed = [s["overall"]["success_rate"] for s in r["seeds"].values()]
+            a, b = seed_interval(per_seed) if len(per_seed) > 1 else wilson_interval(o["success"], o["trials"])
             xs.append(x)
             rates.append(100 * o["success_rate"])
-            lo.append(100 * (o["success_rate"] - a))
-            hi.append(100 * (b - o["success_rate"]))
+            lo.append(100 * max(0.0, o["success_rate"] - a))  # pooled rate vs the seeds' mean: they differ
+            hi.append(100 * max(0.0, b - o["success_rate"]))  # only when seeds ran different trial counts
             counts.append(f"{o['success']}/{o['trials']}")
-            if len(r["seeds"]) > 1:
-                per_seed = [100 * s["overall"]["success_rate"] for s in r["seeds"].values()]
+            if len(per_seed) > 1:
                 spread = np.linspace(-0.3, 0.3, len(per_seed)) * width  # side by side: equal rates stay visible
-                ax.plot(x + spread, per_seed, "o", mfc="none", mec="k", ms=4,
+                ax.plot(x + spread, 100 * np.asarray(per_seed), "o", mfc="none", mec="k", ms=4,
                         label="one training seed" if not seed_marked else None)
                 seed_marked = True
         bars = ax.bar(xs, rates, width * 0.95, yerr=[lo, hi], capsize=3, ecolor="0.4", color=f"C{j}", label=pol)

@@ -5,10 +5,11 @@ processes, a second run skips what exists, and eval refuses training seeds and m
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tasks.scoring import InteractionResult
-from tasks.sim_bench import PolicyJob, _run_parallel, bench_main, wilson_interval
+from tasks.sim_bench import PolicyJob, _run_parallel, bench_main, seed_interval, wilson_interval
 from tasks.sim_cli import compose_config, main
 from tasks.sim_eval import load_policy, markdown_table, summarize
 
@@ -90,6 +91,20 @@ def test_wilson_interval():
     assert wilson_interval(48, 96)[1] - wilson_interval(48, 96)[0] > wilson_interval(480, 960)[1] - wilson_interval(480, 960)[0]
 
 
+def test_the_interval_over_training_seeds_is_a_t_interval_of_their_rates():
+    # four seeds of one PongPredict recipe, each on the same 60 trials (results/sim_table5_long_pong_seeds.*)
+    rates = [53 / 60, 29 / 60, 37 / 60, 19 / 60]
+    lo, hi = seed_interval(rates)
+    mean, sd = np.mean(rates), np.std(rates, ddof=1)
+    assert (lo, hi) == pytest.approx((mean - 3.182 * sd / 2, mean + 3.182 * sd / 2))
+    assert hi - lo > 0.7  # 0.19-0.96: the 240 pooled trials' Wilson interval (0.51-0.64) would hide the spread
+    pooled = wilson_interval(138, 240)
+    assert pooled[1] - pooled[0] < 0.15
+    assert seed_interval([0.5, 0.5, 0.5]) == (0.5, 0.5) and seed_interval([0.9, 1.0])[1] == 1.0
+    with pytest.raises(ValueError, match="at least 2"):
+        seed_interval([0.5])
+
+
 def test_bench_resumes_without_redoing_finished_stages(bench, capsys):
     work, overrides = bench
     ckpt = work / "movesense_lr-moss-seed0" / "checkpoints" / "step_0000003" / "model.safetensors"
@@ -120,8 +135,10 @@ def test_more_training_seeds_train_only_the_new_runs_and_the_table_pools_their_t
         assert pooled["failures"].get(reason, 0) == sum(r["failures"].get(reason, 0) for r in runs)
     assert moss["train_seconds"] == pytest.approx(sum(moss["seeds"][k]["train_seconds"] for k in ("0", "1")))
     rates = " / ".join(f"{100 * r['success_rate']:.1f}" for r in runs)
+    lo, hi = seed_interval([r["success_rate"] for r in runs])
     assert (work / "seeds.md").read_text().splitlines()[2] == (
-        f"| moss | {100 * pooled['success_rate']:.1f} ({pooled['success']}/4; seeds {rates}) [paper 95.8] |")
+        f"| moss | {100 * pooled['success_rate']:.1f} ({pooled['success']}/4; seeds {rates}, 95% interval over "
+        f"seeds {100 * lo:.0f}-{100 * hi:.0f}) [paper 95.8] |")
     for bad, why in [("[0,0]", "repeats a seed"), ("[]", "non-empty list of ints"), ("[a]", "non-empty list of ints")]:
         with pytest.raises(ValueError, match=rf"train_seeds: .*{why}"):
             bench_main([*more, f"train_seeds={bad}"])
