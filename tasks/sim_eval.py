@@ -159,6 +159,8 @@ def load_policy(cfg: DictConfig, command: str) -> Any:
     seed = cfg.get("inference_seed")
     if seed is not None:  # the same flow-matching noise for every chunk: an inference choice as well
         policy.config = dataclasses.replace(policy.config, inference_seed=int(seed))
+    if cfg.get("use_cache") is not None:  # e.g. false: a causal policy exactly as trained (README, The policy)
+        policy.config = dataclasses.replace(policy.config, use_cache=bool(cfg.use_cache))
     return policy
 
 

@@ -172,12 +172,15 @@ def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, ca
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_eval_overrides_the_execution_horizon_and_the_inference_seed(bench):
+def test_eval_overrides_the_execution_horizon_the_inference_seed_and_the_cache(bench):
     work, _ = bench
     ckpt = work / "movesense_lr-moss-seed0" / "checkpoints" / "step_0000003"
     cfg = compose_config([f"checkpoint={ckpt}", "task=movesense_lr"], "sim_eval")
     trained = load_policy(cfg, "moss-sim eval").config
     assert trained.inference_seed is None  # null keeps the checkpoint's: fresh noise for every chunk
+    assert trained.use_cache and not load_policy(compose_config([f"checkpoint={ckpt}", "task=movesense_lr",
+                                                                 "use_cache=false"], "sim_eval"),
+                                                 "moss-sim eval").config.use_cache
     cfg.inference_seed = 3
     assert load_policy(cfg, "moss-sim eval").config.inference_seed == 3
     cfg.inference_seed = None
