@@ -84,6 +84,7 @@ def make_fake_sl(drop: set[int] = frozenset(), fail_after: int | None = None, gr
         def __init__(self):
             self.frame = -1  # number of the frame last grabbed (SDK time = frame / 30 s)
             self.grabs = 0
+            self.retrieved = 0
             self.opened_with = None
             self.closed = False
             Camera.instances.append(self)
@@ -106,6 +107,7 @@ def make_fake_sl(drop: set[int] = frozenset(), fail_after: int | None = None, gr
 
         def retrieve_image(self, mat, view):
             assert view == VIEW.LEFT
+            self.retrieved += 1
             bgra = np.zeros((H, W, 4), np.uint8)
             bgra[..., 0] = self.frame % 256  # blue = frame number
             bgra[..., 1] = 100  # green
@@ -169,6 +171,7 @@ def test_decimates_30fps_to_even_10hz_with_sdk_timestamps_and_rgb(fake_sdk):
     assert ts[0] == pytest.approx(T0_NS * 1e-9)
     np.testing.assert_allclose(np.diff(ts), 0.1, atol=1e-6)
     assert cam.n_grabbed == 16 and cam.n_kept == 6
+    assert sdk.retrieved == 6  # frames the decimator drops are never retrieved nor converted
     cam.close()
     assert sdk.closed
 

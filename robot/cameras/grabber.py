@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Self
 
 import numpy as np
@@ -55,8 +56,10 @@ class GrabberCamera:
         self._closed = False
 
     # -- subclass hooks --------------------------------------------------------------------------
-    def _grab(self) -> tuple[np.ndarray, float] | None:
-        """Grab one raw frame: (RGB uint8 (H, W, 3), timestamp in s), or None if none arrived yet."""
+    def _grab(self) -> tuple[np.ndarray | Callable[[], np.ndarray], float] | None:
+        """Grab one raw frame: (RGB uint8 (H, W, 3), timestamp in s), or None if none arrived yet. The image
+        may be a function that produces it: it is then called only for frames the decimator keeps (at
+        30 -> 10 FPS, two in three raw frames are never retrieved nor converted)."""
         raise NotImplementedError
 
     def _release(self) -> None:
@@ -77,6 +80,8 @@ class GrabberCamera:
         self.n_grabbed += 1
         if not self.decimator.keep(timestamp):
             return None
+        if callable(image):
+            image = image()
         arrival = self.clock.now() if self.clock is not None else None
         frame = Frame(image=image, timestamp=float(timestamp), index=self.n_kept, arrival=arrival)
         self.n_kept += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -104,11 +105,11 @@ class ZedCamera(GrabberCamera):
         self._last_ok = time.monotonic()
         self._start()
 
-    def _grab(self) -> tuple[np.ndarray, float] | None:
+    def _grab(self) -> tuple[Callable[[], np.ndarray], float] | None:
         sl = self._sl
         err = self._camera.grab(self._runtime)
         if err != sl.ERROR_CODE.SUCCESS:
-            if "END_OF_SVOFILE" in str(err):
+            if err == getattr(sl.ERROR_CODE, "END_OF_SVOFILE_REACHED", None) or "END_OF_SVOFILE" in str(err):
                 raise EndOfStream(f"ZED camera: end of SVO file ({err})")
             if time.monotonic() - self._last_ok > self.grab_timeout:
                 raise CameraError(
@@ -118,11 +119,13 @@ class ZedCamera(GrabberCamera):
             time.sleep(0.002)  # the SDK returns errors immediately; don't spin a core
             return None
         self._last_ok = time.monotonic()
-        self._camera.retrieve_image(self._mat, self._view)
-        bgra = self._mat.get_data()  # a view into SDK memory, overwritten by the next retrieve
-        rgb = cv2.cvtColor(np.asarray(bgra), cv2.COLOR_BGRA2RGB)  # new array: safe to keep
         timestamp = self._camera.get_timestamp(self._ts_ref).get_nanoseconds() * 1e-9
-        return rgb, timestamp
+        return self._retrieve, timestamp  # retrieved only if the decimator keeps the frame
+
+    def _retrieve(self) -> np.ndarray:
+        """The last grabbed frame's image as RGB (a new array: the SDK buffer is reused by the next retrieve)."""
+        self._camera.retrieve_image(self._mat, self._view)
+        return cv2.cvtColor(np.asarray(self._mat.get_data()), cv2.COLOR_BGRA2RGB)
 
     def _release(self) -> None:
         self._camera.close()
