@@ -164,6 +164,10 @@ class FrankaArm:
 
         Raises UnsafeTargetError (nothing sent) or ArmError (franky refused/failed: call recover())."""
         q_measured = self.state().q
+        if self.dry_run and self._last_target is not None:
+            # the arm never follows in a dry run: measure the deviation from where it would be, so a stream
+            # of targets can be checked past the first max_deviation of motion
+            q_measured = self._last_target
         q = self.safety.check(q_target, q_measured, self._last_target)
         width = None if gripper_width is None else self.safety.check_gripper(float(gripper_width))
         if self.dry_run:

@@ -244,6 +244,15 @@ def test_state_reports_the_reached_gripper_width_without_querying_the_hand(frank
     assert arm.read_gripper_width() == pytest.approx(0.012) and arm.gripper.width_reads == 3
 
 
+def test_a_dry_run_checks_a_long_stream_against_where_the_arm_would_be(franky):
+    arm = FrankaArm("10.0.0.2", dry_run=True)
+    for k in range(1, 11):  # 10 steps of 0.09 rad: 0.9 rad from the (never moving) measured pose
+        arm.command(Q_READY + np.array([0.09 * k, 0, 0, 0, 0, 0, 0]))
+    assert arm.robot.moves == [] and len(arm.dry_run_log) == 10
+    with pytest.raises(UnsafeTargetError, match="step"):  # the step limit still applies
+        arm.command(Q_READY + np.array([1.2, 0, 0, 0, 0, 0, 0]))
+
+
 def test_stop_never_raises_and_dry_run_sends_nothing(franky):
     arm = FrankaArm("10.0.0.2", dry_run=True)
     arm.command(Q_READY + 0.01)
