@@ -30,6 +30,7 @@ USER_STOPS = ("interrupted", "stop_key")  # the operator ended the session: unfi
 # the rig failed, not the policy or the operator: the session ends (the next episodes would fail the same
 # way) and the trials it cut short are not counted
 RIG_FAULTS = ("camera", "camera_stall", "display_lost", "display_timeout")
+SESSION_ENDS = USER_STOPS + RIG_FAULTS
 
 
 def exit_code(stopped: str | None, ok: bool = True) -> int:
@@ -60,9 +61,9 @@ class LiveEpisode:
 
     def trial_results(self) -> list[InteractionResult]:
         """One result per interaction of the episode. If the loop stopped early, interactions whose
-        deadline had not passed fail with reason "stopped:<loop reason>" (a fault of the rig or the policy
-        is a failed trial), except when the operator stopped the session or the rig failed (`RIG_FAULTS`):
-        those are not counted."""
+        deadline had not passed fail with reason "stopped:<loop reason>" (a fault of the policy, or of the
+        arm it drove, is a failed trial), except when the operator stopped the session or the rig failed
+        (`SESSION_ENDS`): those are not counted."""
         if self.completed:
             return list(self.score.results)
         t_last = float(self.times[-1]) if len(self.times) else -np.inf
@@ -70,7 +71,7 @@ class LiveEpisode:
         for it, r in zip(self.interactions, self.score.results, strict=True):
             if it.deadline <= t_last:
                 out.append(r)
-            elif self.loop.reason not in USER_STOPS + RIG_FAULTS:
+            elif self.loop.reason not in SESSION_ENDS:
                 out.append(InteractionResult(index=r.index, label=r.label, expected=r.expected, pointed=None,
                                              success=False, reason=f"stopped:{self.loop.reason}",
                                              reaction_time=None, onset=r.onset, deadline=r.deadline))
@@ -81,7 +82,7 @@ def end_of_episode(rig: LiveRig, ep: LiveEpisode, stop: StopFlag, ask: Callable[
     """Between two episodes of a session: a user stop or a rig fault ends the session (`stop` is set); so
     does an arm error unless the arm is recovered (`LiveRig.recover_arm`, by the session's after_arm_error)."""
     reason, message = ep.loop.reason, ep.loop.message
-    if reason in USER_STOPS + RIG_FAULTS:
+    if reason in SESSION_ENDS:
         stop.set(reason, message)
     elif reason == "arm" and not rig.recover_arm(message, ask):
         stop.set("arm_error", message)
