@@ -86,7 +86,7 @@ class TargetRecorder:
 
 def save_targets(path: Path, recorder: TargetRecorder) -> None:
     """Write the recorder's poses as a calibration file in the tasks/targets.py format (backup of an
-    existing file: .bak)."""
+    existing file: .bak); the recorder is then saved."""
     from tasks.targets import TargetSet
 
     path = Path(path)
@@ -96,6 +96,7 @@ def save_targets(path: Path, recorder: TargetRecorder) -> None:
         shutil.copy(path, path.with_suffix(path.suffix + ".bak"))
     path.parent.mkdir(parents=True, exist_ok=True)
     ts.save(path)
+    recorder.saved = True
 
 
 def run_calibration(
@@ -119,7 +120,6 @@ def run_calibration(
         if recorder.stored and not recorder.saved:
             if recorder.complete:
                 save_targets(out, recorder)
-                recorder.saved = True
                 print_fn(f"wrote {out}")
             else:
                 missing = [n for n in recorder.names if n not in recorder.configs()]
@@ -167,7 +167,6 @@ def _calibration_loop(arm: Arm, teleop: TeleopPolicy, recorder: TargetRecorder, 
                     print_fn("nothing to save yet")
                     continue
                 save_targets(out, recorder)
-                recorder.saved = True
                 print_fn(f"wrote {out}" + ("" if recorder.complete else " (incomplete)"))
         if events and any(e in ("next", "prev", "store") for e in events):
             print_fn(recorder.status())

@@ -306,7 +306,7 @@ def _markdown(table: dict[str, dict[str, Any]], policies: list[str], column: Cal
 def table_markdown(table: dict[str, dict[str, Any]], policies: list[str], with_paper: bool = True) -> str:
     def cell(pol: str, t: str, r: dict[str, Any]) -> str:
         o = r["overall"]
-        rates = [s["overall"]["success_rate"] for s in r["seeds"].values()]
+        rates = seed_rates(r)
         per_seed = ""
         if len(rates) > 1:
             lo, hi = seed_interval(rates)
@@ -353,6 +353,11 @@ T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 
          2.045, 2.042)
 
 
+def seed_rates(result: Mapping[str, Any]) -> list[float]:
+    """Each training seed's own success rate in a (pooled) policy result."""
+    return [s["overall"]["success_rate"] for s in result["seeds"].values()]
+
+
 def seed_interval(rates: Sequence[float]) -> tuple[float, float]:
     """95% interval of a recipe's mean success over its training seeds: Student t on the seeds' own rates
     (at least 2), clipped to [0, 1]. Every seed is evaluated on the same trial episodes, so a Wilson
@@ -393,7 +398,7 @@ def plot_table(path: Path, table: dict[str, dict[str, Any]], policies: list[str]
             if (r := table[t].get(pol)) is None:
                 continue
             o = r["overall"]
-            per_seed = [s["overall"]["success_rate"] for s in r["seeds"].values()]
+            per_seed = seed_rates(r)
             a, b = seed_interval(per_seed) if len(per_seed) > 1 else wilson_interval(o["success"], o["trials"])
             xs.append(x)
             rates.append(100 * o["success_rate"])
