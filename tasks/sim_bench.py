@@ -13,6 +13,7 @@ import csv
 import json
 import os
 import platform
+import re
 import statistics
 import time
 import traceback
@@ -134,6 +135,7 @@ class PolicyJob:
     train: tuple[str, ...]  # moss-train overrides
     trials: int
     eval_seed: int
+    evaluation: tuple[str, ...] = ()  # extra moss-sim eval overrides (inference settings, e.g. n_action_steps=4)
 
     @property
     def name(self) -> str:
@@ -144,8 +146,15 @@ class PolicyJob:
         return self.run / "checkpoints" / f"step_{self.steps:07d}"
 
     @property
+    def eval_dir(self) -> Path:
+        """``eval_<task>``, or with inference settings ``eval_<task>_<key>-<value>...``: one checkpoint can be
+        evaluated under several settings without one evaluation being mistaken for another."""
+        suffix = "".join("_" + re.sub(r"[^A-Za-z0-9_.-]+", "-", o.replace("=", "-")) for o in self.evaluation)
+        return self.ckpt / f"eval_{self.task}{suffix}"
+
+    @property
     def result(self) -> Path:
-        return self.ckpt / f"eval_{self.task}" / "results.json"
+        return self.eval_dir / "results.json"
 
     def train_seconds(self) -> float | None:
         """Wall seconds the training took, resumed parts summed (the last ``elapsed_s`` of metrics.csv;
@@ -185,14 +194,32 @@ class PolicyJob:
     @property
     def evaluate(self) -> list[str]:
         """moss-sim eval overrides."""
-        return [f"task={self.task}", f"checkpoint={self.ckpt}", f"trials={self.trials}", f"eval_seed={self.eval_seed}"]
+        return [f"task={self.task}", f"checkpoint={self.ckpt}", f"trials={self.trials}", f"eval_seed={self.eval_seed}",
+                f"eval_dir={self.eval_dir}", *self.evaluation]
 
 
 def _policy_job(cfg: DictConfig, task: str, store: Path, pol: str, seed: int) -> PolicyJob:
     run = Path(str(cfg.work_dir)) / f"{task}-{pol}-seed{seed}"
     train = (f"data.paths=[{store}]", f"policy={pol}", f"model={cfg.preset}", f"steps={cfg.steps}",
              f"batch_size={cfg.batch_size}", f"out_dir={run}", f"seed={seed}", *cfg.train_overrides)
-    return PolicyJob(task, pol, seed, run, int(cfg.steps), train, int(cfg.trials[task]), int(cfg.eval_seed))
+    return PolicyJob(task, pol, seed, run, int(cfg.steps), train, int(cfg.trials[task]), int(cfg.eval_seed),
+                     eval_overrides(cfg))
+
+
+# what the bench decides itself for every evaluation; eval_overrides may set anything else of configs/sim_eval.yaml
+BENCH_EVAL_KEYS = ("task", "checkpoint", "trials", "eval_seed", "eval_dir")
+
+
+def eval_overrides(cfg: DictConfig) -> tuple[str, ...]:
+    """`cfg.eval_overrides` (moss-sim eval overrides applied to every run's evaluation), checked."""
+    overrides = cfg.get("eval_overrides") or []
+    for o in overrides:
+        key = str(o).split("=", 1)[0].lstrip("+~")
+        if "=" not in str(o) or key in BENCH_EVAL_KEYS:
+            raise ValueError(f"eval_overrides: {o!r} is not a moss-sim eval override the bench can pass: expected "
+                             f"key=value, e.g. 'eval_overrides=[\"n_action_steps=4\"]', with a key other than "
+                             f"{', '.join(BENCH_EVAL_KEYS)} (the bench sets those itself)")
+    return tuple(str(o) for o in overrides)
 
 
 def _run_job(job: PolicyJob) -> None:
@@ -430,8 +457,10 @@ def recipe_text(cfg: Mapping[str, Any]) -> str:
     """A bench's recipe in one line: preset, steps, training seeds, overrides. Takes the bench config or
     the `config` saved in its results JSON (files written before `train_seeds` existed trained seed 0)."""
     seeds = list(cfg.get("train_seeds") or [0])
+    evaluation = list(cfg.get("eval_overrides") or [])
     return ", ".join([f"{cfg['preset']}", f"{cfg['steps']} steps", f"training seed{'s' * (len(seeds) > 1)} "
-                      + ", ".join(map(str, seeds)), *cfg["train_overrides"]])
+                      + ", ".join(map(str, seeds)), *cfg["train_overrides"]]
+                     + ([f"evaluated with {', '.join(evaluation)}"] if evaluation else []))
 
 
 def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
@@ -468,5 +497,5 @@ def bench_main(overrides: list[str], config_name: str = "bench") -> int:
     _stage(f"success rate (%) over closed-loop trials in the simulated rig, {bench['wall_seconds'] / 60:.1f} min")
     print(out.with_suffix(".md").read_text())  # success, failures by reason, minutes per run
     print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}; per-run plots: "
-          f"{cfg.work_dir}/<task>-<policy>-seed<N>/checkpoints/step_*/eval_<task>/results.png")
+          f"{cfg.work_dir}/<task>-<policy>-seed<N>/checkpoints/step_*/eval_<task>*/results.png")
     return 0

@@ -204,6 +204,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     report = {"task": task, "checkpoint": str(ckpt) if ckpt else None, "trials": len(results),
               "eval_seeds": [seed0, seed - 1], "episodes": len(episodes), "wall_seconds": time.perf_counter() - wall0,
               "step_compute_ms_p99": max((m for m in step_ms if m is not None), default=None),
+              # the inference choices this evaluation ran with (moss-sim eval may override the checkpoint's)
+              "policy_settings": {k: getattr(policy.config, k) for k in ("n_action_steps", "inference_seed", "use_cache")},
               **summary, "episode_log": episodes}
     out = Path(str(cfg.eval_dir))
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tasks.scoring import InteractionResult
-from tasks.sim_bench import PolicyJob, _run_parallel, bench_main, seed_interval, wilson_interval
+from tasks.sim_bench import PolicyJob, _run_parallel, bench_main, recipe_text, seed_interval, wilson_interval
 from tasks.sim_cli import compose_config, main
 from tasks.sim_eval import load_policy, markdown_table, summarize
 
@@ -160,6 +160,28 @@ def test_bench_refuses_a_work_dir_trained_with_other_settings(bench):
     with pytest.raises(ValueError, match=r"results.json was evaluated with trials=2, eval_seed=1000000; this bench "
                                          r"asks for trials=4"):
         bench_main([o if not o.startswith("trials=") else "trials={movesense_lr: 4}" for o in overrides])
+
+
+def test_eval_overrides_evaluate_every_run_again_beside_the_default_evaluation(bench):
+    work, overrides = bench
+    ckpts = {pol: work / f"movesense_lr-{pol}-seed0" / "checkpoints" / "step_0000003" for pol in POLICIES}
+    default = {pol: json.loads((c / "eval_movesense_lr" / "results.json").read_text()) for pol, c in ckpts.items()}
+    assert default["moss"]["policy_settings"] == {"n_action_steps": 8, "inference_seed": None, "use_cache": True}
+    trained = {pol: (c / "model.safetensors").stat().st_mtime_ns for pol, c in ckpts.items()}
+    more = [o for o in overrides if not o.startswith("results=")]
+    assert bench_main([*more, "eval_overrides=['n_action_steps=2']", f"results={work}/n2"]) == 0
+    assert {pol: (c / "model.safetensors").stat().st_mtime_ns for pol, c in ckpts.items()} == trained  # not retrained
+    table = json.loads((work / "n2.json").read_text())
+    for pol, ckpt in ckpts.items():
+        report = json.loads((ckpt / "eval_movesense_lr_n_action_steps-2" / "results.json").read_text())
+        assert report["policy_settings"]["n_action_steps"] == 2 and report["trials"] == 2
+        assert table["details"]["movesense_lr"][pol]["overall"] == report["overall"]
+        # the default evaluation is kept, untouched
+        assert json.loads((ckpt / "eval_movesense_lr" / "results.json").read_text()) == default[pol]
+    assert recipe_text(table["config"]).endswith("evaluated with n_action_steps=2")
+    for bad in ("trials=5", "n_action_steps"):
+        with pytest.raises(ValueError, match=rf"eval_overrides: '{bad}' is not a moss-sim eval override"):
+            bench_main([*more, f"eval_overrides=['{bad}']"])
 
 
 def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, capsys):
