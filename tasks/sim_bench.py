@@ -47,6 +47,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     from tasks.sim_cli import collect
 
     seeds = train_seeds(cfg)
+    eval_overrides(cfg)  # a bad one is refused before any collecting or training
     work = Path(str(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, Any]] = {}
