@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
+from named_checkpoints import named_checkpoints
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
@@ -120,10 +121,7 @@ def main() -> None:
     ap.add_argument("--out", default="decision_windows", help="results/<out>.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    named = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c) for c in args.checkpoints)
-    missing = [d for d in named.values() if not Path(d).is_dir()]
-    if missing:
-        raise SystemExit(f"checkpoint directories not found: {missing}")
+    named = named_checkpoints(args.checkpoints)
 
     from moss_vla.policy import MossVLAPolicy
 

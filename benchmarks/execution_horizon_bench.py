@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
+from named_checkpoints import named_checkpoints
 
 from moss_vla.paths import REPO_ROOT
-from tasks.sim_bench import wilson_interval
+from tasks.sim_bench import FAILURE_REASONS, failure_counts, wilson_interval
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
-REASONS = ("no_pointing", "wrong_target", "late")
 
 
 def evaluation(task: str, ckpt: Path, n: int, trials: int, eval_seed: int, out: Path, threads: int) -> dict[str, Any]:
@@ -66,7 +66,7 @@ def plot(path: Path, runs: dict[str, dict[int, dict[str, Any]]], title: str) -> 
         ci = [wilson_interval(r["success"], r["trials"]) for r in o]
         err = [[r - 100 * lo for r, (lo, _) in zip(rate, ci)], [100 * hi - r for r, (_, hi) in zip(rate, ci)]]
         line = ax.errorbar(ns, rate, yerr=err, marker="o", capsize=3, label=name)
-        for reason, style in zip(REASONS, ("-", "--", ":")):
+        for reason, style in zip(FAILURE_REASONS, ("-", "--", ":")):
             bx.plot(ns, [r["failures"].get(reason, 0) for r in o], style, marker=".", color=line[0].get_color(),
                     label=f"{name}: {reason.replace('_', ' ')}")
     ax.set(xlabel="actions executed per chunk (n_action_steps)", ylabel="success % (95% Wilson interval)",
@@ -95,20 +95,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None, help="results/<out>.{json,png} (default execution_horizon_<task>)")
     args = ap.parse_args()
-    named = dict(c.split("=", 1) if "=" in c else (Path(c).parent.parent.name, c) for c in args.checkpoints)
-    missing = [d for d in named.values() if not Path(d).is_dir()]
-    if missing:
-        raise SystemExit(f"checkpoint directories not found: {missing}")
+    named = named_checkpoints(args.checkpoints)
 
     runs: dict[str, dict[int, dict[str, Any]]] = {}
     for name, ckpt in named.items():
-        runs[name] = {n: evaluation(args.task, Path(ckpt), n, args.trials, args.eval_seed,
+        runs[name] = {n: evaluation(args.task, ckpt, n, args.trials, args.eval_seed,
                                     args.work / args.task / name / f"n{n}", args.threads) for n in args.steps}
     print(f"\n{args.task}, {args.trials} trials from eval seed {args.eval_seed}: success % "
           f"(no pointing / wrong target / late)")
     print("n_action_steps " + "".join(f"{n:>20d}" for n in args.steps))
     for name, by_n in runs.items():
-        cells = [f"{100 * r['overall']['success_rate']:.1f} ({' / '.join(str(r['overall']['failures'].get(k, 0)) for k in REASONS)})"
+        cells = [f"{100 * r['overall']['success_rate']:.1f} ({failure_counts(r['overall'])})"
                  for r in (by_n[n] for n in args.steps)]
         print(f"{name:<14} " + "".join(f"{c:>20}" for c in cells))
     out = RESULTS / (args.out or f"execution_horizon_{args.task}")

@@ -34,6 +34,8 @@ PAPER_TABLE5 = {
     "contextvla": {"movesense_lr": 67.5, "movesense_rot": 42.7, "pongpredict": 51.9},
     "moss": {"movesense_lr": 95.8, "movesense_rot": 99.0, "pongpredict": 81.5},
 }
+# how a failed trial failed (tasks/scoring.py), in the order tables and plots list them
+FAILURE_REASONS = ("no_pointing", "wrong_target", "late")
 TASK_TITLES = {"movesense_lr": "MoveSense L/R", "movesense_rot": "MoveSense CW/CCW", "pongpredict": "PongPredict"}
 
 
@@ -47,7 +49,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
     from tasks.sim_cli import collect
 
     seeds = train_seeds(cfg)
-    eval_overrides(cfg)  # a bad one is refused before any collecting or training
+    evaluation = eval_overrides(cfg)  # checked here: a bad one is refused before any collecting or training
     work = Path(str(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, Any]] = {}
@@ -66,7 +68,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         collection[task] = {k: report[k] for k in ("episodes", "frames", "interactions", "operator_success_rate",
                                                    "wall_seconds")}
         table[task] = {}
-        jobs = [_policy_job(cfg, task, store, pol, seed) for pol in cfg.policies for seed in seeds]
+        jobs = [_policy_job(cfg, task, store, pol, seed, evaluation) for pol in cfg.policies for seed in seeds]
         for job in jobs:
             job.check_recipe()
             job.check_result()
@@ -199,12 +201,13 @@ class PolicyJob:
                 f"eval_dir={self.eval_dir}", *self.evaluation]
 
 
-def _policy_job(cfg: DictConfig, task: str, store: Path, pol: str, seed: int) -> PolicyJob:
+def _policy_job(cfg: DictConfig, task: str, store: Path, pol: str, seed: int,
+                evaluation: tuple[str, ...]) -> PolicyJob:
     run = Path(str(cfg.work_dir)) / f"{task}-{pol}-seed{seed}"
     train = (f"data.paths=[{store}]", f"policy={pol}", f"model={cfg.preset}", f"steps={cfg.steps}",
              f"batch_size={cfg.batch_size}", f"out_dir={run}", f"seed={seed}", *cfg.train_overrides)
     return PolicyJob(task, pol, seed, run, int(cfg.steps), train, int(cfg.trials[task]), int(cfg.eval_seed),
-                     eval_overrides(cfg))
+                     evaluation)
 
 
 # what the bench decides itself for every evaluation; eval_overrides may set anything else of configs/sim_eval.yaml
@@ -350,9 +353,13 @@ def table_markdown(table: dict[str, dict[str, Any]], policies: list[str], with_p
 
 def failures_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> str:
     """How the failed trials failed, per policy and task (tasks/scoring.py: no pointing, wrong target, late)."""
-    reasons = ("no_pointing", "wrong_target", "late")
-    return _markdown(table, policies, lambda t: f"{TASK_TITLES.get(t, t)}: " + " / ".join(reasons),
-                     lambda pol, t, r: " / ".join(str(r["overall"]["failures"].get(k, 0)) for k in reasons))
+    return _markdown(table, policies, lambda t: f"{TASK_TITLES.get(t, t)}: " + " / ".join(FAILURE_REASONS),
+                     lambda pol, t, r: failure_counts(r["overall"]))
+
+
+def failure_counts(overall: Mapping[str, Any]) -> str:
+    """An evaluation's failed trials by reason, "no pointing / wrong target / late", e.g. "4 / 16 / 1"."""
+    return " / ".join(str(overall["failures"].get(k, 0)) for k in FAILURE_REASONS)
 
 
 def minutes_markdown(table: dict[str, dict[str, Any]], policies: list[str]) -> str:
