@@ -9,11 +9,16 @@ episode seeds), side by side, and plots success and failure reasons against n.
 Choose n on trials of one evaluation seed and report it on others: the table-5 bench's trials start at
 eval_seed 1000000, so the selection runs here default to 2000000.
 
-Each evaluation is `tasks.sim_eval.evaluate`, written to <work>/<name>/n<k>/results.{json,md,png}; one
-that exists with the same task, trials, evaluation seed and n is reused (each takes minutes).
+With `--ensemble-coeffs`, each checkpoint also runs at n = 1 with ACT's temporal ensembling (every step's
+action the weighted mean of all chunks' predictions for it; `temporal_ensemble_coeff`), which keeps
+n = 1's fresh evidence while damping chunk-to-chunk changes.
+
+Each evaluation is `tasks.sim_eval.evaluate`, written to <work>/<task>/<name>/n<k>/ (n1_ensemble<coeff>/)
+results.{json,md,png}; one that exists with the same task, trials, evaluation seed and settings is reused
+(each takes minutes).
 
 Run: ``.venv/bin/python benchmarks/execution_horizon_bench.py --task pongpredict --checkpoints
-seed3=runs/pong/pongpredict-moss-seed3/checkpoints/step_0010000 --steps 1 2 4 6 8 --trials 240
+seed3=runs/pong/pongpredict-moss-seed3/checkpoints/step_0010000 --steps 1 2 4 6 8 --ensemble-coeffs 0.01 -0.5 --trials 240
 --out execution_horizon_pongpredict`` -> results/<out>.{json,png}
 """
 
@@ -33,26 +38,31 @@ from tasks.sim_bench import FAILURE_REASONS, failure_counts, wilson_interval
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
-def evaluation(task: str, ckpt: Path, n: int, trials: int, eval_seed: int, out: Path, threads: int) -> dict[str, Any]:
-    """`moss-sim eval` of `ckpt` at execution horizon n, or the one already in `out` made alike."""
+def evaluation(task: str, ckpt: Path, settings: dict[str, Any], trials: int, eval_seed: int, out: Path,
+               threads: int) -> dict[str, Any]:
+    """`moss-sim eval` of `ckpt` with the inference `settings` (n_action_steps, temporal_ensemble_coeff), or the
+    one already in `out` made alike."""
     from tasks.sim_cli import compose_config
     from tasks.sim_eval import evaluate
 
     path = out / "results.json"
     if path.exists():
         old = json.loads(path.read_text())
-        made = (old["task"], old["trials"], old["eval_seeds"][0], old.get("policy_settings", {}).get("n_action_steps"))
-        if made == (task, trials, eval_seed, n):
+        made = (old["task"], old["trials"], old["eval_seeds"][0],
+                {k: old.get("policy_settings", {}).get(k) for k in settings})
+        if made == (task, trials, eval_seed, settings):
             print(f"reusing {path}")
             return old
-        raise SystemExit(f"{path} holds another evaluation (task, trials, eval_seed, n_action_steps) = {made}, not "
-                         f"{(task, trials, eval_seed, n)}: pass another --work or delete {out}")
+        raise SystemExit(f"{path} holds another evaluation (task, trials, eval_seed, settings) = {made}, not "
+                         f"{(task, trials, eval_seed, settings)}: pass another --work or delete {out}")
     cfg = compose_config([f"task={task}", f"checkpoint={ckpt}", f"trials={trials}", f"eval_seed={eval_seed}",
-                          f"n_action_steps={n}", f"eval_dir={out}", f"threads={threads}"], "sim_eval")
+                          *(f"{k}={v}" for k, v in settings.items()), f"eval_dir={out}", f"threads={threads}"],
+                         "sim_eval")
     return evaluate(cfg)
 
 
-def plot(path: Path, runs: dict[str, dict[int, dict[str, Any]]], title: str) -> None:
+def plot(path: Path, runs: dict[str, dict[int, dict[str, Any]]], ensembled: dict[str, dict[float, dict[str, Any]]],
+         title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,6 +79,15 @@ def plot(path: Path, runs: dict[str, dict[int, dict[str, Any]]], title: str) -> 
         for reason, style in zip(FAILURE_REASONS, ("-", "--", ":")):
             bx.plot(ns, [r["failures"].get(reason, 0) for r in o], style, marker=".", color=line[0].get_color(),
                     label=f"{name}: {reason.replace('_', ' ')}")
+        for i, (coeff, r) in enumerate(sorted(ensembled.get(name, {}).items())):  # all at n = 1, spread apart
+            o = r["overall"]
+            lo, hi = wilson_interval(o["success"], o["trials"])
+            rate = 100 * o["success_rate"]
+            x = 1.15 + 0.15 * i
+            ax.errorbar([x], [rate], yerr=[[rate - 100 * lo], [100 * hi - rate]], marker="s", capsize=3,
+                        color=line[0].get_color(), alpha=0.6, ls="none",
+                        label=f"{name}: n = 1, ensembled (coeff beside)" if i == 0 else None)
+            ax.annotate(f"{coeff:g}", (x, rate), textcoords="offset points", xytext=(5, -3), fontsize=7)
     ax.set(xlabel="actions executed per chunk (n_action_steps)", ylabel="success % (95% Wilson interval)",
            ylim=(0, 100), title="success")
     bx.set(xlabel="actions executed per chunk (n_action_steps)", ylabel="failed trials", title="failures by reason")
@@ -88,6 +107,8 @@ def main() -> None:
     ap.add_argument("--checkpoints", nargs="+", required=True, metavar="NAME=DIR",
                     help="checkpoints to evaluate, e.g. seed3=runs/pong/pongpredict-moss-seed3/checkpoints/step_0010000")
     ap.add_argument("--steps", nargs="+", type=int, default=[1, 2, 4, 6, 8], help="n_action_steps values")
+    ap.add_argument("--ensemble-coeffs", nargs="*", type=float, default=[],
+                    help="also at n = 1 with ACT temporal ensembling (temporal_ensemble_coeff) at each of these")
     ap.add_argument("--trials", type=int, default=240)
     ap.add_argument("--eval-seed", type=int, default=2_000_000, help="first episode seed of the trials")
     ap.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "execution_horizon",
@@ -98,9 +119,14 @@ def main() -> None:
     named = named_checkpoints(args.checkpoints)
 
     runs: dict[str, dict[int, dict[str, Any]]] = {}
+    ensembled: dict[str, dict[float, dict[str, Any]]] = {}
     for name, ckpt in named.items():
-        runs[name] = {n: evaluation(args.task, ckpt, n, args.trials, args.eval_seed,
-                                    args.work / args.task / name / f"n{n}", args.threads) for n in args.steps}
+        work = args.work / args.task / name
+        runs[name] = {n: evaluation(args.task, ckpt, {"n_action_steps": n}, args.trials, args.eval_seed,
+                                    work / f"n{n}", args.threads) for n in args.steps}
+        ensembled[name] = {c: evaluation(args.task, ckpt, {"n_action_steps": 1, "temporal_ensemble_coeff": c},
+                                         args.trials, args.eval_seed, work / f"n1_ensemble{c:g}", args.threads)
+                           for c in args.ensemble_coeffs}
     print(f"\n{args.task}, {args.trials} trials from eval seed {args.eval_seed}: success % "
           f"(no pointing / wrong target / late)")
     print("n_action_steps " + "".join(f"{n:>20d}" for n in args.steps))
@@ -108,14 +134,18 @@ def main() -> None:
         cells = [f"{100 * r['overall']['success_rate']:.1f} ({failure_counts(r['overall'])})"
                  for r in (by_n[n] for n in args.steps)]
         print(f"{name:<14} " + "".join(f"{c:>20}" for c in cells))
+        for coeff, r in ensembled[name].items():
+            print(f"{name:<14} n = 1, ensembled (coeff {coeff:g}): {100 * r['overall']['success_rate']:.1f} "
+                  f"({failure_counts(r['overall'])})")
     out = RESULTS / (args.out or f"execution_horizon_{args.task}")
+    keep = ("overall", "per_type", "policy_settings", "wall_seconds", "eval_seeds", "trials")
     payload = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()},
                "checkpoints": {name: str(c) for name, c in named.items()},
-               "runs": {name: {str(n): {k: r[k] for k in ("overall", "per_type", "policy_settings", "wall_seconds",
-                                                          "eval_seeds", "trials")}
-                               for n, r in by_n.items()} for name, by_n in runs.items()}}
+               "runs": {name: {str(n): {k: r[k] for k in keep} for n, r in by_n.items()} for name, by_n in runs.items()},
+               "ensembled_n1": {name: {f"{c:g}": {k: r[k] for k in keep} for c, r in by_c.items()}
+                                for name, by_c in ensembled.items() if by_c}}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float))
-    plot(out.with_suffix(".png"), runs, f"{args.task}: closed-loop success against the execution horizon "
+    plot(out.with_suffix(".png"), runs, ensembled, f"{args.task}: closed-loop success against the execution horizon "
                                         f"({args.trials} trials per point, eval seeds from {args.eval_seed})")
     print(f"-> {out.with_suffix('.json')}, {out.with_suffix('.png')}")
 

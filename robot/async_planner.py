@@ -259,4 +259,8 @@ def make_controller(policy: Any, cfg: Mapping[str, Any] | None) -> Any:
         raise ValueError(f"planner.mode must be 'sync' or 'async', got {mode!r}")
     if mode == "sync" or not is_chunk_policy(policy):
         return policy
+    coeff = getattr(getattr(policy, "config", None), "temporal_ensemble_coeff", None)
+    if coeff is not None:  # the planner executes chunks as planned and would silently skip the ensemble
+        raise ValueError(f"temporal_ensemble_coeff={coeff} averages a chunk planned every step inside select_action; "
+                         "the async planner executes chunks as planned: run it with planner.mode=sync")
     return AsyncChunkPlanner(policy, lead=int(cfg["lead"]), max_late_streak=int(cfg["max_late_streak"]))

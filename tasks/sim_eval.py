@@ -139,6 +139,10 @@ def untrained_checkpoint(path: Path, calibration: str, model: str = "tiny") -> P
     return policy.save_pretrained(path)
 
 
+# moss-sim eval / moss-trial keys that override a checkpoint's inference settings (MossVLAConfig)
+INFERENCE_SETTINGS = {"n_action_steps": int, "inference_seed": int, "use_cache": bool, "temporal_ensemble_coeff": float}
+
+
 def load_policy(cfg: DictConfig, command: str) -> Any:
     """The policy of `cfg.checkpoint` in eval mode, or a clear error naming the missing directory."""
     from moss_vla.policy import MossVLAPolicy
@@ -148,19 +152,15 @@ def load_policy(cfg: DictConfig, command: str) -> Any:
         raise FileNotFoundError(f"{command}: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
                                 f"directory moss-train wrote, e.g. runs/<run>/checkpoints/latest")
     policy = MossVLAPolicy.from_pretrained(ckpt)
-    n = cfg.get("n_action_steps")
-    if n is not None:  # execution horizon: an inference choice, not part of the trained model
-        try:  # the config checks the range (__post_init__ -> validate)
-            policy.config = dataclasses.replace(policy.config, n_action_steps=int(n))
-        except ValueError as e:
-            raise ValueError(f"{command}: n_action_steps={n} must be in [1, {policy.config.action_head.horizon}] "
-                             f"(the action horizon of {ckpt}), or null for the checkpoint's own "
-                             f"({policy.config.n_action_steps})") from e
-    seed = cfg.get("inference_seed")
-    if seed is not None:  # the same flow-matching noise for every chunk: an inference choice as well
-        policy.config = dataclasses.replace(policy.config, inference_seed=int(seed))
-    if cfg.get("use_cache") is not None:  # e.g. false: a causal policy exactly as trained (README, The policy)
-        policy.config = dataclasses.replace(policy.config, use_cache=bool(cfg.use_cache))
+    # inference choices, not part of the trained model (null keeps the checkpoint's); set together because
+    # they constrain each other (temporal ensembling needs n_action_steps = 1), checked by the config
+    settings = {k: cast(cfg[k]) for k, cast in INFERENCE_SETTINGS.items() if cfg.get(k) is not None}
+    try:
+        policy.config = dataclasses.replace(policy.config, **settings)
+    except ValueError as e:
+        given = ", ".join(f"{k}={v}" for k, v in settings.items())
+        raise ValueError(f"{command}: {given} do not fit {ckpt} (action horizon {policy.config.action_head.horizon}, "
+                         f"trained with n_action_steps={policy.config.n_action_steps}): {e}") from e
     return policy
 
 
@@ -205,7 +205,7 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
               "eval_seeds": [seed0, seed - 1], "episodes": len(episodes), "wall_seconds": time.perf_counter() - wall0,
               "step_compute_ms_p99": max((m for m in step_ms if m is not None), default=None),
               # the inference choices this evaluation ran with (moss-sim eval may override the checkpoint's)
-              "policy_settings": {k: getattr(policy.config, k) for k in ("n_action_steps", "inference_seed", "use_cache")},
+              "policy_settings": {k: getattr(policy.config, k) for k in INFERENCE_SETTINGS},
               **summary, "episode_log": episodes}
     out = Path(str(cfg.eval_dir))
     out.mkdir(parents=True, exist_ok=True)

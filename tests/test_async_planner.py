@@ -262,3 +262,9 @@ def test_make_controller_follows_the_planner_config():
         make_controller(fake, None)
     with pytest.raises(ValueError, match="lead must be in"):
         AsyncChunkPlanner(fake, lead=9, max_late_streak=10)
+    # temporal ensembling happens inside select_action, which the async planner bypasses: refused, not skipped
+    ensembling = FakePolicy()
+    ensembling.config = SimpleNamespace(n_action_steps=1, action_dim=A, temporal_ensemble_coeff=0.01)
+    with pytest.raises(ValueError, match=r"temporal_ensemble_coeff=0.01 .* planner.mode=sync"):
+        make_controller(ensembling, {"mode": "async", "lead": 1, "max_late_streak": 10})
+    assert make_controller(ensembling, {"mode": "sync"}) is ensembling

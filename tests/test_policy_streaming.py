@@ -114,6 +114,37 @@ def test_replans_every_n_action_steps_and_returns_the_chunk_in_order():
     np.testing.assert_allclose(actions[6:12], chunks[1][0, :6].numpy(), atol=1e-6)
 
 
+def test_temporal_ensembling_plans_every_step_and_averages_the_chunks_like_act():
+    """Step k's action: sum_r w_r chunk_(j_r)[k - j_r] / sum_r w_r over the chunks planned at steps j_0 < j_1 <
+    ... <= k that reach step k, w_r = exp(-coeff * r), r = 0 the oldest (ACT's Algorithm 2)."""
+    torch.manual_seed(0)
+    coeff = 0.3
+    policy = MossVLAPolicy(tiny_config("moss", n_action_steps=1, temporal_ensemble_coeff=coeff), stats()).eval()
+    chunks = []
+    sample = policy.sample_from_features
+
+    def recording_sample(*args, **kwargs):
+        chunk = sample(*args, **kwargs)
+        chunks.append(chunk[0].numpy())
+        return chunk
+
+    policy.sample_from_features = recording_sample
+    steps, H = 20, policy.config.action_head.horizon
+    actions = run(policy, frames(steps))
+    assert len(chunks) == steps and steps > H  # a chunk every step; early chunks fall out of the ensemble
+    for k, action in enumerate(actions):
+        planned = [j for j in range(k + 1) if k - j < H]
+        w = np.exp(-coeff * np.arange(len(planned)))
+        expected = sum(wr * chunks[j][k - j] for wr, j in zip(w, planned)) / w.sum()
+        np.testing.assert_allclose(action, expected, atol=1e-5)
+    assert np.abs(actions[1] - chunks[1][0]).max() > 1e-3  # not simply the newest chunk's action
+    first = run(policy, frames(1, seed=3))[0]  # run() resets: the ensemble starts again
+    np.testing.assert_allclose(first, chunks[-1][0], atol=1e-6)
+    with pytest.raises(ValueError, match=r"temporal_ensemble_coeff = 0.3 needs n_action_steps = 1 .*got "
+                                         r"n_action_steps = 2"):
+        tiny_config("moss", n_action_steps=2, temporal_ensemble_coeff=coeff)
+
+
 def test_episode_start_repeats_the_first_frame_and_reset_forgets():
     cached, uncached = twin_policies("moss")
     images = frames(3, seed=2)

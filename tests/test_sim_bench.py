@@ -166,7 +166,8 @@ def test_eval_overrides_evaluate_every_run_again_beside_the_default_evaluation(b
     work, overrides = bench
     ckpts = {pol: work / f"movesense_lr-{pol}-seed0" / "checkpoints" / "step_0000003" for pol in POLICIES}
     default = {pol: json.loads((c / "eval_movesense_lr" / "results.json").read_text()) for pol, c in ckpts.items()}
-    assert default["moss"]["policy_settings"] == {"n_action_steps": 8, "inference_seed": None, "use_cache": True}
+    assert default["moss"]["policy_settings"] == {"n_action_steps": 8, "inference_seed": None, "use_cache": True,
+                                                  "temporal_ensemble_coeff": None}
     trained = {pol: (c / "model.safetensors").stat().st_mtime_ns for pol, c in ckpts.items()}
     more = [o for o in overrides if not o.startswith("results=")]
     assert bench_main([*more, "eval_overrides=['n_action_steps=2']", f"results={work}/n2"]) == 0
@@ -194,7 +195,7 @@ def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, ca
     assert "does not exist" in capsys.readouterr().err
 
 
-def test_eval_overrides_the_execution_horizon_the_inference_seed_and_the_cache(bench):
+def test_eval_overrides_the_execution_horizon_the_inference_seed_the_cache_and_ensembling(bench):
     work, _ = bench
     ckpt = work / "movesense_lr-moss-seed0" / "checkpoints" / "step_0000003"
     cfg = compose_config([f"checkpoint={ckpt}", "task=movesense_lr"], "sim_eval")
@@ -210,8 +211,15 @@ def test_eval_overrides_the_execution_horizon_the_inference_seed_and_the_cache(b
     cfg.n_action_steps = 3
     assert load_policy(cfg, "moss-sim eval").config.n_action_steps == 3 != trained
     cfg.n_action_steps = 99
-    with pytest.raises(ValueError, match=r"moss-sim eval: n_action_steps=99 must be in \[1, 16\]"):
+    with pytest.raises(ValueError, match=r"moss-sim eval: n_action_steps=99 do not fit .*step_0000003 \(action horizon "
+                                         r"16, trained with n_action_steps=8\): n_action_steps must be in \[1"):
         load_policy(cfg, "moss-sim eval")
+    cfg.temporal_ensemble_coeff = 0.01  # ACT's temporal ensembling needs a chunk every step
+    with pytest.raises(ValueError, match=r"n_action_steps=99, temporal_ensemble_coeff=0.01 do not fit"):
+        load_policy(cfg, "moss-sim eval")
+    cfg.n_action_steps = 1
+    ensembled = load_policy(cfg, "moss-sim eval").config
+    assert (ensembled.n_action_steps, ensembled.temporal_ensemble_coeff) == (1, 0.01)
 
 
 def test_demo_config_is_the_small_movesense_comparison():

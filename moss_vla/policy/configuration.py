@@ -118,6 +118,11 @@ class MossVLAConfig:
     inference_seed: int | None = None  # seed for the flow-matching noise in select_action (None: random)
     use_cache: bool = True  # select_action caches per-frame work (streaming.py)
     torchscript_sampler: bool = True  # eval-mode action sampling runs as a TorchScript trace (action_head.py)
+    # ACT's temporal ensembling in select_action (lerobot's ACTTemporalEnsembler): a chunk is planned every
+    # step (needs n_action_steps = 1) and each step's action is the weighted mean of what every chunk so far
+    # predicted for that step, weights exp(-coeff * i) with i = 0 the oldest chunk (ACT: 0.01; negative
+    # favours the newest). None: off, the chunk's actions are executed as planned.
+    temporal_ensemble_coeff: float | None = None
     # Auxiliary stimulus-label loss (a training recipe, not in the MOSS paper; off by default): a linear
     # head on the mean and max of the VL features predicts the newest frame's ``stim_label`` (class 0:
     # no interaction in progress, 1 + i: label i), added to the flow-matching loss with this weight.
@@ -178,6 +183,9 @@ class MossVLAConfig:
                              f"task's labels; moss-train sets it from the store), got {self.aux_label_classes}")
         if not 1 <= self.n_action_steps <= h.horizon:
             raise ValueError(f"n_action_steps must be in [1, action_head.horizon = {h.horizon}], got {self.n_action_steps}")
+        if self.temporal_ensemble_coeff is not None and self.n_action_steps != 1:
+            raise ValueError(f"temporal_ensemble_coeff = {self.temporal_ensemble_coeff} needs n_action_steps = 1 (a chunk "
+                             f"planned and averaged in every step), got n_action_steps = {self.n_action_steps}")
 
     # ---- (de)serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lerobot.policies.act.modeling_act import ACTTemporalEnsembler
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -64,6 +65,7 @@ class MossVLAPolicy(nn.Module):
         self.cache = FrameCache(self)
         self._raw_frames: deque[Tensor] = deque(maxlen=config.n_frames)
         self._actions: deque[np.ndarray] = deque()
+        self._ensembler: ACTTemporalEnsembler | None = None  # built at an episode's first step (config may change)
         self._text_cache: dict[str, tuple[Tensor, Tensor]] = {}
 
     # ---- inputs ------------------------------------------------------------------------------------
@@ -206,15 +208,23 @@ class MossVLAPolicy(nn.Module):
         self._text_cache.clear()  # embeddings depend on the weights, which may have changed since
         self._raw_frames.clear()
         self._actions.clear()
+        self._ensembler = None
 
     @torch.no_grad()
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
         """obs {"image": (S, S, 3) uint8 newest frame, "state": (S_dim,), "instruction": str} -> (A,).
 
         Keeps the last T frames itself; replans every ``n_action_steps`` steps and returns the next
-        action of the current chunk. Every frame is encoded when it arrives (streaming cache).
+        action of the current chunk, or with ``temporal_ensemble_coeff`` set plans every step and returns
+        the ensembled action. Every frame is encoded when it arrives (streaming cache).
         """
         self.observe(obs)
+        coeff = self.config.temporal_ensemble_coeff
+        if coeff is not None:
+            if self._ensembler is None:
+                self._ensembler = ACTTemporalEnsembler(coeff, self.config.action_head.horizon)
+            chunk = torch.from_numpy(self.plan(obs))[None]  # (1, H, A)
+            return self._ensembler.update(chunk)[0].numpy().astype(np.float32)
         if not self._actions:
             self._actions.extend(self.plan(obs)[: self.config.n_action_steps])
         return self._actions.popleft().astype(np.float32)
@@ -326,7 +336,7 @@ class MossVLAPolicy(nn.Module):
 
 
 ARCH_KEYS_IGNORED = {"variant", "model_size", "inference_seed", "use_cache", "torchscript_sampler", "n_action_steps",
-                     "aux_label_weight"}
+                     "temporal_ensemble_coeff", "aux_label_weight"}
 
 
 def check_same_architecture(expected: MossVLAConfig, actual: MossVLAConfig, source: str) -> None:
