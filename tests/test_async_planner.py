@@ -72,10 +72,10 @@ def source(action):
     return None if np.array_equal(action, STATE) else (int(action[0]), int(action[1]))
 
 
-@pytest.mark.parametrize("lead", [1, 2, 3])
-def test_chunk_from_step_s_supplies_step_s_plus_j_and_frames_arrive_in_order(lead):
+@pytest.mark.parametrize("n,lead", [(N, 1), (N, 2), (N, 3), (4, 2)])  # (4, 2): moss-sim eval's n_action_steps=2
+def test_chunk_from_step_s_supplies_step_s_plus_j_and_frames_arrive_in_order(n, lead):
     fake = FakePolicy()
-    with AsyncChunkPlanner(fake, lead=lead, max_late_streak=10) as planner:
+    with AsyncChunkPlanner(fake, lead=lead, max_late_streak=10, n_steps=n) as planner:
         planner.reset()
         got = []
         for k in range(30):
@@ -83,7 +83,7 @@ def test_chunk_from_step_s_supplies_step_s_plus_j_and_frames_arrive_in_order(lea
             assert planner.wait_idle(5.0)  # an instant planner: each chunk is there by the next step
         stats = planner.loop_stats()
     assert got[0] is None  # nothing planned yet at the episode's first step: hold the state
-    period = N - lead  # a plan when the chunk in use has `lead` actions left, from that step's observation
+    period = n - lead  # a plan when the chunk in use has `lead` actions left, from that step's observation
     for k in range(1, 30):
         origin = period * ((k - 1) // period)
         assert got[k] == (origin, k - origin)  # row k - s of the chunk planned at step s
