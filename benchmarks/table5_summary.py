@@ -36,8 +36,8 @@ COMPARISONS = {
 MOSS_BEST = {
     "movesense_lr": ("sim_table5_evidence_lr", "the comparison's own run"),
     "movesense_rot": ("sim_table5_rot_6000", "6000 steps instead of 3000"),
-    "pongpredict": ("sim_table5_pong10k_seeds", "10000 steps instead of 3000, training seeds 0 and 3 (the best and the "
-                    "worst of four at 6000 steps, results/sim_table5_long_pong_seeds)"),
+    "pongpredict": ("sim_table5_pong10k_seeds", ("10000 steps instead of 3000, training seeds 0 and 3 (the best and "
+                                                 "the worst of four at 6000 steps, results/sim_table5_long_pong_seeds)")),
 }
 
 
