@@ -56,7 +56,8 @@ def evaluation(task: str, ckpt: Path, settings: dict[str, Any], trials: int, eva
         raise SystemExit(f"{path} holds another evaluation (task, trials, eval_seed, settings) = {made}, not "
                          f"{(task, trials, eval_seed, settings)}: pass another --work or delete {out}")
     cfg = compose_config([f"task={task}", f"checkpoint={ckpt}", f"trials={trials}", f"eval_seed={eval_seed}",
-                          *(f"{k}={v}" for k, v in settings.items()), f"eval_dir={out}", f"threads={threads}"],
+                          *(f"{k}={v}" for k, v in settings.items() if v is not None), f"eval_dir={out}",
+                          f"threads={threads}"],
                          "sim_eval")
     return evaluate(cfg)
 
@@ -122,8 +123,9 @@ def main() -> None:
     ensembled: dict[str, dict[float, dict[str, Any]]] = {}
     for name, ckpt in named.items():
         work = args.work / args.task / name
-        runs[name] = {n: evaluation(args.task, ckpt, {"n_action_steps": n}, args.trials, args.eval_seed,
-                                    work / f"n{n}", args.threads) for n in args.steps}
+        # an ensembled evaluation is never reused as a plain one: the coefficient is part of what must match
+        runs[name] = {n: evaluation(args.task, ckpt, {"n_action_steps": n, "temporal_ensemble_coeff": None},
+                                    args.trials, args.eval_seed, work / f"n{n}", args.threads) for n in args.steps}
         ensembled[name] = {c: evaluation(args.task, ckpt, {"n_action_steps": 1, "temporal_ensemble_coeff": c},
                                          args.trials, args.eval_seed, work / f"n1_ensemble{c:g}", args.threads)
                            for c in args.ensemble_coeffs}
