@@ -32,7 +32,7 @@ At each tick:
 like a non-finite action ("safety"): a trial must end safely with its reason recorded, not crash the
 session. Extension points for the real rig: `stop_conditions` (callables StepInfo -> reason,
 (reason, message) or None: robot/stop_conditions.py has stall detection, missed-deadline streaks, stop
-keys) and `on_step` callbacks (live display, logging). A controller with `loop_stats() -> dict` (robot/async_planner.py) has
+keys) and `on_step` callbacks (live display, logging). A controller with `loop_stats() -> dict` (robot/chunk_planner.py) has
 its numbers added to the LoopResult's summary.
 """
 

@@ -14,7 +14,7 @@ re-homed only as `after_arm_error` says (default: the operator confirms at the t
 trials.jsonl (one line per trial, appended as trials finish, so an interrupted session keeps its log).
 Exit code 0, or 130 after a stop key or Ctrl-C, 1 when the session stopped otherwise (the display process
 died). With `planner.mode: async` (the default) the policy plans its action chunks on a worker thread
-(robot/async_planner.py): the loop never waits for a replanning step.
+(robot/chunk_planner.py): the loop never waits for a replanning step.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
     after `cfg.max_minutes`. `on_episode(LiveEpisode)` sees every episode."""
     import torch
 
-    from robot.async_planner import make_controller
+    from robot.chunk_planner import make_controller
     from robot.rig_builder import build_live_rig
     from robot.session import end_of_episode, run_live_episode
     from robot.stop_conditions import StopFlag

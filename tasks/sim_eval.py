@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from tasks.scoring import InteractionResult
 
@@ -124,7 +124,6 @@ def untrained_checkpoint(path: Path, calibration: str, model: str = "tiny") -> P
     """Save (at `path`) an untrained MOSS policy of the `model` preset (configs/model/) whose action range is
     a 1 cm box around the home pose of the targets file `calibration`, so that its targets pass the arm's
     safety checks: useless at the task, fine for timing and testing the real-time loop. Returns its path."""
-    from omegaconf import OmegaConf
 
     from moss_vla.paths import CONFIG_DIR
     from moss_vla.policy import make_policy
@@ -168,6 +167,7 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     """Run `cfg.trials` trials of `cfg.task` with the checkpoint `cfg.checkpoint` (or a given policy)."""
     from tqdm import tqdm
 
+    from robot.chunk_planner import make_controller
     from tasks.sim_rig import build_sim_rig
 
     ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
@@ -182,6 +182,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
             raise ValueError(f"moss-sim eval: eval_seed={seed0} overlaps the seeds of the training episodes of "
                              f"{task} ({min(clash)}..{max(clash)}); choose an eval_seed outside that range")
     torch.set_num_threads(max(1, int(cfg.get("threads", 0)) or torch.get_num_threads()))
+    planner = OmegaConf.to_container(cfg.planner, resolve=True)
+    controller = make_controller(policy, planner, modes=("sync", "delayed"), where="configs/sim_eval.yaml")
     results: list[InteractionResult] = []
     episodes, step_ms, label_names = [], [], None
     wall0 = time.perf_counter()
@@ -191,10 +193,13 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
         rig = build_sim_rig(cfg, seed)
         label_names = rig.task.label_names
         torch.manual_seed(seed)
-        outcome = rig.run_episode(policy, writer=None, operator="policy")
+        outcome = rig.run_episode(controller, writer=None, operator="policy")
         take = outcome.score.results[: n_trials - len(results)]
         results += take
-        episodes.append({"seed": seed, "loop_end": outcome.loop.reason, "results": [r.__dict__ for r in take]})
+        planned = {k: v for k, v in outcome.loop.controller_stats.items()
+                   if k in ("plans", "planner_late", "planner_start_holds", "plan_delay_steps")}
+        episodes.append({"seed": seed, "loop_end": outcome.loop.reason, "results": [r.__dict__ for r in take],
+                         **({"planner": planned} if planned else {})})
         step_ms.append(outcome.loop.summary().get("compute_ms_p99"))
         bar.update(len(take))
         bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
@@ -206,6 +211,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
               "step_compute_ms_p99": max((m for m in step_ms if m is not None), default=None),
               # the inference choices this evaluation ran with (moss-sim eval may override the checkpoint's)
               "policy_settings": {k: getattr(policy.config, k) for k in INFERENCE_SETTINGS},
+              "planner": planner if planner["mode"] != "sync" else {"mode": "sync"},
+              "planner_late_steps": sum(e.get("planner", {}).get("planner_late", 0) for e in episodes),
               **summary, "episode_log": episodes}
     out = Path(str(cfg.eval_dir))
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,8 @@
-"""Background chunk planning (robot/async_planner.py), deterministically: the tests wait for the worker
-(`wait_idle`) or block its plans on Events, never on time. Step/action alignment, dropped elapsed actions,
-holds and the late counter, worker failures raised in the main thread (and ending a control loop), reset
-cancelling a plan, frames reaching the policy in order, and a real tiny policy through the wrapper."""
+"""Chunk planning outside the step (robot/chunk_planner.py), deterministically: the tests wait for the async
+planner's worker (`wait_idle`) or block its plans on Events, never on time. Step/action alignment, dropped
+elapsed actions, holds and the late counter, worker failures raised in the main thread (and ending a control
+loop), reset cancelling a plan, frames reaching the policy in order, a real tiny policy through the wrapper;
+the delayed planner (simulated time) on the async planner's schedule, at any delay."""
 
 import threading
 from types import SimpleNamespace
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 from policy_helpers import INSTRUCTION, frames, tiny_policy
 
-from robot.async_planner import AsyncChunkPlanner, PlannerError, make_controller
+from robot.chunk_planner import AsyncChunkPlanner, DelayedChunkPlanner, PlannerError, make_controller
 from robot.clock import SimClock
 from robot.control_loop import ControlLoop
 from robot.display_crop import DisplayCrop
@@ -268,3 +269,84 @@ def test_make_controller_follows_the_planner_config():
     with pytest.raises(ValueError, match=r"temporal_ensemble_coeff=0.01 .* planner.mode=sync"):
         make_controller(ensembling, {"mode": "async", "lead": 1, "max_late_streak": 10})
     assert make_controller(ensembling, {"mode": "sync"}) is ensembling
+
+
+@pytest.mark.parametrize("n,lead", [(N, 1), (N, 2), (4, 2)])
+def test_the_delayed_planner_at_delay_1_is_the_async_planner_with_an_instant_worker(n, lead):
+    logs, actions = [], []
+    for make in (lambda p: AsyncChunkPlanner(p, lead=lead, max_late_streak=10, n_steps=n),
+                 lambda p: DelayedChunkPlanner(p, lead=lead, max_late_streak=10, delay=1, n_steps=n)):
+        fake = FakePolicy()
+        with make(fake) as planner:
+            got = []
+            for episode in range(2):  # reset between episodes
+                planner.reset()
+                for k in range(25):
+                    got.append(planner.select_action(obs(k)))
+                    if isinstance(planner, AsyncChunkPlanner):
+                        assert planner.wait_idle(5.0)
+            stats = planner.loop_stats()
+        logs.append(fake.log)
+        actions.append(np.stack(got))
+        assert stats["plan_delay_steps"] == {"1": len(range(0, 24, n - lead))}  # the plan of step 24 comes too late
+    assert logs[0] == logs[1]
+    np.testing.assert_array_equal(actions[0], actions[1])
+
+
+@pytest.mark.parametrize("delay", [2, 3, 5])
+def test_a_delayed_chunk_drops_its_elapsed_actions_and_the_last_action_is_held_until_the_next(delay):
+    fake = FakePolicy()
+    lead, steps = 2, 40
+    with DelayedChunkPlanner(fake, lead=lead, max_late_streak=10, delay=delay) as planner:
+        planner.reset()
+        got = [source(planner.select_action(obs(k))) for k in range(steps)]
+        stats = planner.loop_stats()
+    # the schedule worked out by hand: a plan at step s arrives at s + delay; the next plan is asked for once it
+    # has arrived and has `lead` actions left (or none: at once), i.e. at max(s + delay, s + N - lead)
+    plans, s = [], 0
+    while s < steps:
+        plans.append(s)
+        s = max(s + delay, s + N - lead)
+    expected = []
+    for k in range(steps):
+        arrived = [p for p in plans if p + delay <= k]
+        if not arrived:
+            expected.append(None)
+        else:
+            origin = arrived[-1]
+            expected.append((origin, min(k - origin, N - 1)))  # past the chunk's end: its last action held
+    assert got == expected
+    late = sum(1 for k, e in enumerate(expected) if e is not None and k - e[0] >= N)
+    assert stats["planner_late"] == late and stats["planner_start_holds"] == delay
+    assert stats["planner_delay"] == delay and stats["plan_delay_steps"] == {str(delay): len(arrived)}
+    assert (late > 0) == (delay > lead)  # a chunk outlasts the wait for the next only if delay <= lead
+
+
+def test_delayed_planner_failures_raise_at_the_step_that_plans():
+    fake = FakePolicy()
+    fake.fail = {6: RuntimeError("boom")}
+    planner = DelayedChunkPlanner(fake, lead=2, max_late_streak=10, delay=1)
+    planner.reset()
+    for k in range(6):
+        planner.select_action(obs(k))
+    with pytest.raises(PlannerError, match="failed at step 6: RuntimeError: boom"):
+        planner.select_action(obs(6))
+    planner.reset()  # a new episode: the plan of step 0 arrives at step 1
+    assert [source(planner.select_action(obs(k))) for k in range(2)] == [None, (0, 1)]
+    with pytest.raises(ValueError, match="delay must be >= 1"):
+        DelayedChunkPlanner(fake, lead=2, max_late_streak=10, delay=0)
+
+
+def test_make_controller_offers_the_modes_its_caller_can_run():
+    fake = FakePolicy()
+    delayed = make_controller(fake, {"mode": "delayed", "lead": 2, "max_late_streak": 10, "delay": 3},
+                              modes=("sync", "delayed"), where="configs/sim_eval.yaml")
+    assert isinstance(delayed, DelayedChunkPlanner) and (delayed.lead, delayed.delay) == (2, 3)
+    with pytest.raises(ValueError, match=r"planner.mode must be one of \['sync', 'async'\] here, got 'delayed'"):
+        make_controller(fake, {"mode": "delayed", "lead": 2, "max_late_streak": 10, "delay": 1})  # moss-trial's
+    with pytest.raises(ValueError, match=r"one of \['sync', 'delayed'\] here, got 'async' \(configs/sim_eval.yaml\)"):
+        make_controller(fake, {"mode": "async", "lead": 2, "max_late_streak": 10}, modes=("sync", "delayed"),
+                        where="configs/sim_eval.yaml")
+    with pytest.raises(ValueError, match=r"missing keys \['delay'\] \(the `planner` block of configs/sim_eval.yaml"):
+        make_controller(fake, {"mode": "delayed", "lead": 2, "max_late_streak": 10}, modes=("sync", "delayed"),
+                        where="configs/sim_eval.yaml")
