@@ -471,9 +471,11 @@ def recipe_text(cfg: Mapping[str, Any]) -> str:
                      + ([f"evaluated with {', '.join(evaluation)}"] if evaluation else []))
 
 
-def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
-    out = Path(str(cfg.results))
-    out.parent.mkdir(parents=True, exist_ok=True)
+def write_results(cfg: DictConfig, bench: dict[str, Any]) -> dict[str, Path]:
+    """Write `cfg.results` + .json / .md / .png (the name may hold dots: `..._dyn0.2`); returns the paths."""
+    prefix = Path(str(cfg.results))
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    out = {ext: prefix.parent / f"{prefix.name}.{ext}" for ext in ("json", "md", "png")}
     policies = list(cfg.policies)
     md = "\n".join(f(bench["table"], policies) for f in (table_markdown, failures_markdown, minutes_markdown))
     payload = {
@@ -491,9 +493,9 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> Path:
                             "train_seconds": r["train_seconds"], "eval_seconds": r["wall_seconds"]}
                         for p, r in ps.items()} for t, ps in bench["table"].items()},
     }
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
-    out.with_suffix(".md").write_text(md)
-    plot_table(out.with_suffix(".png"), bench["table"], list(cfg.policies),
+    out["json"].write_text(json.dumps(payload, indent=1))
+    out["md"].write_text(md)
+    plot_table(out["png"], bench["table"], list(cfg.policies),
                f"closed-loop success in the simulated rig\n({recipe_text(cfg)})")
     return out
 
@@ -503,7 +505,7 @@ def bench_main(overrides: list[str], config_name: str = "bench") -> int:
     bench = run_bench(cfg)
     out = write_results(cfg, bench)
     _stage(f"success rate (%) over closed-loop trials in the simulated rig, {bench['wall_seconds'] / 60:.1f} min")
-    print(out.with_suffix(".md").read_text())  # success, failures by reason, minutes per run
-    print(f"results: {out.with_suffix('.json')}, {out.with_suffix('.md')}, {out.with_suffix('.png')}; per-run plots: "
+    print(out["md"].read_text())  # success, failures by reason, minutes per run
+    print(f"results: {out['json']}, {out['md']}, {out['png']}; per-run plots: "
           f"{cfg.work_dir}/<task>-<policy>-seed<N>/checkpoints/step_*/eval_<task>*/results.png")
     return 0

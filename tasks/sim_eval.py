@@ -124,7 +124,6 @@ def untrained_checkpoint(path: Path, calibration: str, model: str = "tiny") -> P
     """Save (at `path`) an untrained MOSS policy of the `model` preset (configs/model/) whose action range is
     a 1 cm box around the home pose of the targets file `calibration`, so that its targets pass the arm's
     safety checks: useless at the task, fine for timing and testing the real-time loop. Returns its path."""
-
     from moss_vla.paths import CONFIG_DIR
     from moss_vla.policy import make_policy
     from tasks.targets import load_targets

@@ -170,9 +170,10 @@ def test_eval_overrides_evaluate_every_run_again_beside_the_default_evaluation(b
                                                   "temporal_ensemble_coeff": None}
     trained = {pol: (c / "model.safetensors").stat().st_mtime_ns for pol, c in ckpts.items()}
     more = [o for o in overrides if not o.startswith("results=")]
-    assert bench_main([*more, "eval_overrides=['n_action_steps=2']", f"results={work}/n2"]) == 0
+    assert bench_main([*more, "eval_overrides=['n_action_steps=2']", f"results={work}/n2.0"]) == 0  # a dot kept
     assert {pol: (c / "model.safetensors").stat().st_mtime_ns for pol, c in ckpts.items()} == trained  # not retrained
-    table = json.loads((work / "n2.json").read_text())
+    table = json.loads((work / "n2.0.json").read_text())
+    assert (work / "n2.0.md").exists() and (work / "n2.0.png").exists()
     for pol, ckpt in ckpts.items():
         report = json.loads((ckpt / "eval_movesense_lr_n_action_steps-2" / "results.json").read_text())
         assert report["policy_settings"]["n_action_steps"] == 2 and report["trials"] == 2
