@@ -7,7 +7,7 @@ display driver is its own (headless) process, the virtual ZED films what it show
 2. trials: `--trial-minutes` of trials with a small-preset policy checkpoint made here by `make_policy`
    (untrained: its action range is a 1 cm box around the home pose, so its targets are safe; only the
    timing matters), once with the background chunk planner (`planner.mode=async`, what moss-trial uses,
-   robot/async_planner.py) and once with the chunk planned inside the step (`planner.mode=sync`), same
+   robot/chunk_planner.py) and once with the chunk planned inside the step (`planner.mode=sync`), same
    duration, one after the other; `async_vs_sync` compares them.
 The loop is locked to the camera (`rig.loop_sync=frame`): a step's tick is its frame's arrival.
 Reported per session: step latency (tick -> command sent) p50/p99/max, step compute (frame in hand ->

@@ -239,7 +239,7 @@ class MossVLAPolicy(nn.Module):
     def observe(self, obs: dict[str, Any]) -> None:
         """Check a step's observation and add its frame to the window (every step, in order).
 
-        The first half of :meth:`select_action`; a background planner (robot/async_planner.py) calls it
+        The first half of :meth:`select_action`; a background planner (robot/chunk_planner.py) calls it
         and :meth:`plan` itself.
         """
         self._require_stats()
