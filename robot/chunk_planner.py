@@ -105,7 +105,7 @@ class ChunkPlanner:
         raise NotImplementedError
 
     def _collect(self, step: int) -> _Chunk | None:
-        """The chunk of this episode that became visible by `step`, if any (once); raises its failure."""
+        """The chunk of this episode that became visible by `step`, if any (once)."""
         raise NotImplementedError
 
     # ---- the schedule ----------------------------------------------------------------------------------
@@ -253,6 +253,7 @@ class AsyncChunkPlanner(ChunkPlanner):
 
     def _collect(self, step: int) -> _Chunk | None:
         with self._lock:
+            # a failure on the worker is raised here, at the first step after it (and every step until reset)
             error = self._error if self._error is not None and self._error[0] == self._generation else None
             result, self._result = self._result, None
         if error is not None:
@@ -312,10 +313,13 @@ class DelayedChunkPlanner(ChunkPlanner):
         self.delay = int(delay)
         self._planned: _Chunk | None = None
         super().__init__(policy, lead, max_late_streak, n_steps, action_dim)
+        if self.delay >= self.n_steps:
+            raise ValueError(f"planner delay {self.delay} must be below n_action_steps = {self.n_steps}: a chunk "
+                             f"arriving {self.delay} steps after its observation has used up all its actions")
 
     def _new_generation(self) -> None:
-        self._generation += 1
-        self._planned = None
+        super()._new_generation()
+        self._planned = None  # a guard: step 0's plan of the new episode replaces it before it could arrive
 
     def _submit(self, job: _Job) -> None:
         try:

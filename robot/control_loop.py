@@ -114,7 +114,7 @@ class LoopResult:
     longest_miss_streak: int = 0  # most consecutive steps that missed their deadline
     first_frame_index: int | None = None  # camera frame counters of the first and last step: frames the
     last_frame_index: int | None = None  # camera captured in between vs frames the loop used (recorded)
-    # the controller's own numbers for the episode (its `loop_stats()`, e.g. the background planner's)
+    # the controller's own numbers for the episode (its `loop_stats()`, e.g. a chunk planner's)
     controller_stats: dict[str, Any] = field(default_factory=dict)
 
     @property

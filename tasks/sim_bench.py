@@ -474,6 +474,8 @@ def recipe_text(cfg: Mapping[str, Any]) -> str:
 def write_results(cfg: DictConfig, bench: dict[str, Any]) -> dict[str, Path]:
     """Write `cfg.results` + .json / .md / .png (the name may hold dots: `..._dyn0.2`); returns the paths."""
     prefix = Path(str(cfg.results))
+    if prefix.suffix in (".json", ".md", ".png"):  # results=x.json means x
+        prefix = prefix.with_suffix("")
     prefix.parent.mkdir(parents=True, exist_ok=True)
     out = {ext: prefix.parent / f"{prefix.name}.{ext}" for ext in ("json", "md", "png")}
     policies = list(cfg.policies)

@@ -210,7 +210,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
               "step_compute_ms_p99": max((m for m in step_ms if m is not None), default=None),
               # the inference choices this evaluation ran with (moss-sim eval may override the checkpoint's)
               "policy_settings": {k: getattr(policy.config, k) for k in INFERENCE_SETTINGS},
-              "planner": planner if planner["mode"] != "sync" else {"mode": "sync"},
+              # a policy that acts step by step runs as it is whatever the config asks (make_controller)
+              "planner": planner if controller is not policy else {"mode": "sync"},
               "planner_late_steps": sum(e.get("planner", {}).get("planner_late", 0) for e in episodes),
               **summary, "episode_log": episodes}
     out = Path(str(cfg.eval_dir))

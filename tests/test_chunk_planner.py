@@ -318,7 +318,7 @@ def test_a_delayed_chunk_drops_its_elapsed_actions_and_the_last_action_is_held_u
     assert got == expected
     late = sum(1 for k, e in enumerate(expected) if e is not None and k - e[0] >= N)
     assert stats["planner_late"] == late and stats["planner_start_holds"] == delay
-    assert stats["planner_delay"] == delay and stats["plan_delay_steps"] == {str(delay): len(arrived)}
+    assert stats["planner_delay"] == delay and stats["plan_delay_steps"] == {str(delay): sum(p + delay < steps for p in plans)}
     assert (late > 0) == (delay > lead)  # a chunk outlasts the wait for the next only if delay <= lead
 
 
@@ -335,6 +335,8 @@ def test_delayed_planner_failures_raise_at_the_step_that_plans():
     assert [source(planner.select_action(obs(k))) for k in range(2)] == [None, (0, 1)]
     with pytest.raises(ValueError, match="delay must be >= 1"):
         DelayedChunkPlanner(fake, lead=2, max_late_streak=10, delay=0)
+    with pytest.raises(ValueError, match="delay 4 must be below n_action_steps = 4: .* used up all its actions"):
+        DelayedChunkPlanner(fake, lead=2, max_late_streak=10, delay=4, n_steps=4)
 
 
 def test_make_controller_offers_the_modes_its_caller_can_run():
