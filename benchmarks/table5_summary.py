@@ -28,16 +28,17 @@ COMPARISONS = {
                      {"groot": "sim_table5_evidence_lr_baselines", "contextvla": "sim_table5_evidence_lr_baselines",
                       "moss": "sim_table5_evidence_lr"}),
     "movesense_rot": ("L/R's recipe", dict.fromkeys(BASELINES, "sim_table5_evidence")),
-    "pongpredict": ("L/R's recipe + 7 x 7 tokens per frame + state noise 0.05 rad",
-                    {"groot": "sim_table5_noise_pong_baselines", "contextvla": "sim_table5_noise_pong_baselines",
-                     "moss": "sim_table5_noise_pong_seeds"}),
+    "pongpredict": (("L/R's recipe + 7 x 7 tokens per frame + state noise 0.05 rad, 10000 steps; MOSS training seeds 0 "
+                     "and 3 (the best and the worst of four at 6000 steps, results/sim_table5_long_pong_seeds), the "
+                     "baselines seed 0 (at 3000 steps: results/sim_table5_noise_pong_{baselines,seeds})"),
+                    {"groot": "sim_table5_pong10k_baselines", "contextvla": "sim_table5_pong10k_baselines",
+                     "moss": "sim_table5_pong10k_seeds"}),
 }
 # task -> (results file, how its recipe differs from the comparison's)
 MOSS_BEST = {
     "movesense_lr": ("sim_table5_evidence_lr", "the comparison's own run"),
     "movesense_rot": ("sim_table5_rot_6000", "6000 steps instead of 3000"),
-    "pongpredict": ("sim_table5_pong10k_seeds", ("10000 steps instead of 3000, training seeds 0 and 3 (the best and "
-                                                 "the worst of four at 6000 steps, results/sim_table5_long_pong_seeds)")),
+    "pongpredict": ("sim_table5_pong10k_seeds", "the comparison's own run"),
 }
 
 
