@@ -243,7 +243,7 @@ class AsyncChunkPlanner(ChunkPlanner):
 
     def _new_generation(self) -> None:
         with self._lock:  # the worker skips the queued jobs of the old generation
-            self._generation += 1
+            super()._new_generation()
             self._result = self._error = None
 
     def _submit(self, job: _Job | None) -> None:
