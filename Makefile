@@ -22,7 +22,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check moss_vla robot tasks tests benchmarks
+	$(BIN)/ruff check moss_vla robot tasks rig tests benchmarks
 
 bench: $(STAMP)
 	for b in benchmarks/*_bench.py; do $(BIN)/python $$b || exit 1; done

@@ -67,7 +67,8 @@ TITLES = {"movesense_lr": "MoveSense L/R", "movesense_rot": "MoveSense CW/CCW", 
 
 def collect_store(path: Path, task: str, episodes: int, seed: int) -> Path:
     """Scripted MoveSense episodes in the simulated rig (reused if the store is already there)."""
-    from tasks.sim_cli import collect, compose_config
+    from moss_vla.config import compose_config
+    from rig.sim_cli import collect
 
     done = path.with_suffix(".collect.json")
     if not done.exists():

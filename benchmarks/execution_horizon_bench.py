@@ -13,7 +13,7 @@ With `--ensemble-coeffs`, each checkpoint also runs at n = 1 with ACT's temporal
 action the weighted mean of all chunks' predictions for it; `temporal_ensemble_coeff`), which keeps
 n = 1's fresh evidence while damping chunk-to-chunk changes.
 
-Each evaluation is `tasks.sim_eval.evaluate`, written to <work>/<task>/<name>/n<k>/ (n1_ensemble<coeff>/)
+Each evaluation is `rig.sim_eval.evaluate`, written to <work>/<task>/<name>/n<k>/ (n1_ensemble<coeff>/)
 results.{json,md,png}; one that exists with the same task, trials, evaluation seed and settings is reused
 (each takes minutes).
 
@@ -33,7 +33,7 @@ from machine import machine_info  # benchmarks/machine.py (scripts run from this
 from named_checkpoints import named_checkpoints
 
 from moss_vla.paths import REPO_ROOT
-from tasks.sim_bench import FAILURE_REASONS, failure_counts, wilson_interval
+from rig.sim_bench import FAILURE_REASONS, failure_counts, wilson_interval
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
@@ -42,8 +42,8 @@ def evaluation(task: str, ckpt: Path, settings: dict[str, Any], trials: int, eva
                threads: int) -> dict[str, Any]:
     """`moss-sim eval` of `ckpt` with the inference `settings` (n_action_steps, temporal_ensemble_coeff), or the
     one already in `out` made alike."""
-    from tasks.sim_cli import compose_config
-    from tasks.sim_eval import evaluate
+    from moss_vla.config import compose_config
+    from rig.sim_eval import evaluate
 
     path = out / "results.json"
     if path.exists():

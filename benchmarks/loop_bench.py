@@ -108,10 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     trial_minutes = args.minutes if args.trial_minutes is None else args.trial_minutes
 
+    from moss_vla.config import compose_config
     from moss_vla.episodes import EpisodeStore
-    from robot.record_cli import compose_config, record
-    from robot.trial_cli import run_trials
-    from tasks.sim_eval import untrained_checkpoint
+    from rig.record_cli import record
+    from rig.sim_eval import untrained_checkpoint
+    from rig.trial_cli import run_trials
 
     info = machine_info()
     results: dict[str, Any] = {"machine": info, "minutes": args.minutes, "trial_minutes": trial_minutes,
@@ -125,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         # 1. recording
         col = Collector()
         cfg = compose_config([*common, "teleop=scripted", f"out={tmp / 'rec.zarr'}", "episodes=100000",
-                              f"max_minutes={args.minutes}"])
+                              f"max_minutes={args.minutes}"], "record")
         print(f"recording {args.minutes} min of {args.task} in real time ...", flush=True)
         t0 = time.perf_counter()
         report = record(cfg, on_episode=col)

@@ -27,8 +27,9 @@ import cv2
 import numpy as np
 from machine import machine_info  # benchmarks/machine.py (scripts run from this folder)
 
-from tasks.sim_cli import collect, compose_config
-from tasks.sim_rig import build_sim_rig
+from moss_vla.config import compose_config
+from rig.sim_cli import collect
+from rig.sim_rig import build_sim_rig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sim_rig.json"
 
@@ -69,7 +70,7 @@ def time_alternately(fns: dict, reps: int) -> dict:
 
 
 def components(task: str, reps: int) -> dict:
-    rig = build_sim_rig(compose_config([f"task={task}"]), seed=0)
+    rig = build_sim_rig(compose_config([f"task={task}"], "sim"), seed=0)
     cam, crop, arm, clock = rig.camera, rig.crop, rig.arm, rig.clock
     op = rig.scripted_operator()
     t = 3.0
@@ -104,7 +105,7 @@ def components(task: str, reps: int) -> dict:
 
 def collection(task: str, episodes: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = compose_config([f"task={task}", f"episodes={episodes}", f"out={tmp}/b.zarr", "progress=false"])
+        cfg = compose_config([f"task={task}", f"episodes={episodes}", f"out={tmp}/b.zarr", "progress=false"], "sim")
         rep = collect(cfg)
     return {k: rep[k] for k in ("episodes", "frames", "simulated_seconds", "wall_seconds", "frames_per_wall_second",
                                 "realtime_factor", "interactions", "operator_success_rate", "failures",

@@ -3,11 +3,15 @@
 Run: ``.venv/bin/python benchmarks/stss_bench.py`` (about 1-2 minutes on 2 cores). Writes
 ``benchmarks/results/stss.json``.
 
-- Time: the fast and the reference STSS run alternately on the same input, several times each; we report
-  the minimum and the median wall time of each and their ratios (the minimum is the least disturbed by
-  other processes on a shared machine), on 2 threads and again on 1 thread (which suffers much less
-  when other processes compete for the cores: 2-thread OpenMP regions then wait for a descheduled
-  thread).
+- Time: the fast and the reference STSS and the matmul floor run alternately on the same input, several
+  times each; we report the minimum and the median wall time of each and their ratios (the minimum is
+  the least disturbed by other processes on a shared machine), on 2 threads and again on 1 thread (which
+  suffers much less when other processes compete for the cores: 2-thread OpenMP regions then wait for a
+  descheduled thread). The speed-up over the loop reference depends on the machine (how well its BLAS
+  runs the reference's many small products); the fraction of the floor does not: the floor is one
+  `torch.bmm` computing the Gram matrix (H W x H W, over C channels) of every frame pair the window
+  compares, each unordered pair once, as the fast STSS does. Nothing can compute Eq. 2 with fewer
+  multiply-adds, so `fast / floor` near 1 means the fast STSS runs at this CPU's matmul speed.
 - Peak memory: tracemalloc does not see torch's allocations and the CPU allocator keeps no statistics, so
   each measurement runs in a fresh process with glibc's mmap threshold pinned to 64 KiB
   (``MALLOC_MMAP_THRESHOLD_``; every tensor buffer is then its own mapping, returned to the OS when freed)
@@ -32,6 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,25 +54,39 @@ CONFIGS = {  # name: (B, T, H, W, C)
 IMPLEMENTATIONS = {"fast": stss, "reference": stss_reference}
 
 
+def gram_floor(x: torch.Tensor, window: tuple[int, int, int]) -> Callable[[], torch.Tensor]:
+    """The matmul floor of the STSS of `x` (B, T, H, W, C): one batched matmul of the Gram matrices of every
+    unordered frame pair (t, t + l), 0 <= l <= (L - 1) // 2, inputs prepared outside the timed call."""
+    B, T, H, W, C = x.shape
+    pairs = [(t, t + lag) for lag in range((window[0] - 1) // 2 + 1) for t in range(T - lag)]
+    flat = x.reshape(B, T, H * W, C)
+    a = torch.stack([flat[:, t] for t, _ in pairs], 1).reshape(-1, H * W, C)  # (B * pairs, HW, C)
+    b = torch.stack([flat[:, s] for _, s in pairs], 1).reshape(-1, H * W, C).transpose(1, 2).contiguous()
+    return lambda: torch.bmm(a, b)  # (B * pairs, HW, HW)
+
+
 def time_side_by_side(x: torch.Tensor, repeats: dict[str, int], threads: int) -> dict:
-    """Alternate the implementations on ``threads`` intra-op threads; min and median seconds of each."""
+    """Alternate the implementations and the matmul floor on ``threads`` intra-op threads; min and median
+    seconds of each."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _time_side_by_side(x, repeats)
+        calls = {name: (lambda impl=impl: impl(x, WINDOW)) for name, impl in IMPLEMENTATIONS.items()}
+        calls["matmul_floor"] = gram_floor(x, WINDOW)
+        return _time_side_by_side(calls, {"matmul_floor": repeats["fast"], **repeats})
     finally:
         torch.set_num_threads(previous)
 
 
-def _time_side_by_side(x: torch.Tensor, repeats: dict[str, int]) -> dict:
-    for impl in IMPLEMENTATIONS.values():
-        impl(x, WINDOW)  # warm-up
-    times: dict[str, list[float]] = {name: [] for name in IMPLEMENTATIONS}
+def _time_side_by_side(calls: dict[str, Callable[[], torch.Tensor]], repeats: dict[str, int]) -> dict:
+    for call in calls.values():
+        call()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in calls}
     for r in range(max(repeats.values())):
-        for name, impl in IMPLEMENTATIONS.items():
+        for name, call in calls.items():
             if r < repeats[name]:
                 start = time.perf_counter()
-                impl(x, WINDOW)
+                call()
                 times[name].append(time.perf_counter() - start)
     return {name: {"min_s": min(ts), "median_s": statistics.median(ts), "runs": len(ts)} for name, ts in times.items()}
 
@@ -124,6 +143,9 @@ def bench_stss() -> dict:
             "speedup_median": timing["reference"]["median_s"] / timing["fast"]["median_s"],
             "time_1_thread": timing_1,
             "speedup_min_1_thread": timing_1["reference"]["min_s"] / timing_1["fast"]["min_s"],
+            # the machine-independent figure: fast STSS time / time of its Gram products alone (>= ~1)
+            "fast_over_matmul_floor_min": timing["fast"]["min_s"] / timing["matmul_floor"]["min_s"],
+            "fast_over_matmul_floor_min_1_thread": timing_1["fast"]["min_s"] / timing_1["matmul_floor"]["min_s"],
             "memory": {
                 "output_bytes": output_bytes,
                 "frame_pair_gram_bytes": pair_bytes,
@@ -140,6 +162,11 @@ def bench_stss() -> dict:
             f"(median {r['speedup_median']:.1f}x); 1 thread: {timing_1['fast']['min_s'] * 1e3:.1f} vs "
             f"{timing_1['reference']['min_s'] * 1e3:.1f} ms -> {r['speedup_min_1_thread']:.1f}x; "
             f"max |diff| {max_diff:.1e}"
+        )
+        print(
+            f"     matmul floor (its Gram products in one bmm): {timing['matmul_floor']['min_s'] * 1e3:.1f} ms -> "
+            f"fast = {r['fast_over_matmul_floor_min']:.2f}x the floor; 1 thread "
+            f"{timing_1['matmul_floor']['min_s'] * 1e3:.1f} ms -> {r['fast_over_matmul_floor_min_1_thread']:.2f}x"
         )
         print(
             f"     peak extra memory: fast {memory['fast']['peak_extra_bytes'] / 2**20:.2f} MiB, reference "

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.sim_bench import TASK_TITLES, plot_table, recipe_text, table_markdown
+from rig.sim_bench import TASK_TITLES, plot_table, recipe_text, table_markdown
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASELINES = ("groot", "contextvla", "moss")

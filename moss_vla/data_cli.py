@@ -4,6 +4,9 @@
   moss-data check PATH [--quick]           validate the store; exit code 0 (ok) or 1 (problems)
   moss-data repair PATH                    truncate uncommitted data left by an interrupted writer
   moss-data export-lerobot SRC DST         write a LeRobotDataset (v3.0, video) for lerobot 0.4.4
+
+It takes store paths, not a hydra config: `moss-data --cfg` says so (the other moss-* commands print
+their composed config there).
 """
 
 from __future__ import annotations
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--cfg" in argv:  # answered like the other moss-* commands, which print their composed config
+        print("moss-data takes store paths (see moss-data --help) and has no config to print")
+        return 0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:

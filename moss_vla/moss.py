@@ -5,7 +5,7 @@
     MOSS(F) = FC(F) + sum_n FC(M(n))        (Eq. 5)
 
 f is the STSS transformation (:func:`moss_vla.stss.stss`); g(n) is a learned :class:`STSSEncoder`, one per
-order. Choices where the paper leaves room (DESIGN.md section 3):
+order. Choices where the paper leaves room (docs/design.md section 4.2):
 - M(n) is the C-channel output of g(n) (it "has the shape of F"), and it is what f sees for order n + 1;
   the final FC(M(n)) of Eq. 5 is a separate C -> C layer applied afterwards.
 - ``orders`` is a set of orders whose M(n) enter the sum of Eq. 5 (table 3b also combines e.g. 2 and 3

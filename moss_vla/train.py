@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
-from moss_vla.paths import CONFIG_DIR
+from moss_vla.config import cli_config
 from moss_vla.training_data import build_datasets, label_classes
 
 TRAIN_STATE = "training_state.pt"
@@ -467,23 +466,21 @@ def train(cfg: DictConfig) -> TrainResult:
     return TrainResult(final, policy, step)
 
 
-@hydra.main(config_path=str(CONFIG_DIR), config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    train(cfg)
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     # hydra's own message for a missing data.paths is cryptic: say what to pass
-    args = sys.argv[1:]
-    if not any(a.startswith(("data.paths=", "--help", "-h", "--cfg", "--info", "--hydra-help")) for a in args):
+    if not any(a.startswith(("data.paths=", "--help", "-h", "--cfg")) for a in argv):
         sys.exit("moss-train: pass the episode store(s) to train on, e.g. "
                  "moss-train data.paths=[data/movesense_lr.zarr] policy=moss model=small")
-    resume = next((a.split("=", 1)[1] for a in args if a.startswith("resume=")), None)
-    if resume and not any(a.startswith("out_dir=") for a in args):
+    resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
+    if resume and not any(a.startswith("out_dir=") for a in argv):
         # continue in the run directory the checkpoint belongs to (<run>/checkpoints/step_N)
-        sys.argv.append(f"out_dir={Path(resume).resolve().parent.parent}")
-    _hydra_main()
+        argv.append(f"out_dir={Path(resume).resolve().parent.parent}")
+    cfg = cli_config(argv, "train", __doc__)
+    if cfg is not None:
+        train(cfg)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,34 +12,30 @@ farther away than the window could not light up at all). Row 1 of the figure is 
 2-4 the maps of orders 1-3 (colour scale 0..1).
 
 An object's score in a map is the mean of the map over the object's cells in the query frame.
+
+    moss-viz                                              # defaults: configs/viz.yaml
+    moss-viz out=outputs/moss_viz.png window=[3,5,5] orders=2
+    moss-viz "query_object='red heart (horizontal)'"      # the query is that object's centre
+    moss-viz query=[4,20,20]                              # an explicit query cell [T, H, W]
+    moss-viz --cfg                                        # print the composed config
+
+Keys (configs/viz.yaml): out, query_object, query, window, orders, frames, size, radius, speed.
 """
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
+import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from moss_vla.config import cli_config, plain
 from moss_vla.stss import check_window, stss, vectorise
 from moss_vla.toy_clip import ToyClip, make_toy_clip
-
-
-@dataclass(frozen=True)
-class VizDefaults:
-    """The single place for moss-viz defaults (command-line flags override them)."""
-
-    frames: int = 8
-    size: int = 40
-    radius: float = 3.0
-    speed: float = 1.5
-    window: tuple[int, int, int] = (5, 9, 9)  # the VLA's (L, U, V)
-    orders: int = 3
-    query_object: str = "green cube (horizontal)"
-    out: str = "outputs/moss_viz.png"
 
 
 def stss_maps(features: Tensor, query: tuple[int, int, int], window: tuple[int, int, int], orders: int = 3) -> Tensor:
@@ -101,47 +97,88 @@ def render_figure(clip: ToyClip, maps: Tensor, query: tuple[int, int, int], path
     plt.close(fig)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    d = VizDefaults()
-    p = argparse.ArgumentParser(prog="moss-viz", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=d.out, help="PNG to write (default: %(default)s)")
-    p.add_argument("--query-object", default=d.query_object, help="object whose centre is the query, in the "
-                   "middle frame (default: %(default)s)")
-    p.add_argument("--query", type=int, nargs=3, metavar=("T", "H", "W"), help="explicit query cell (overrides "
-                   "--query-object)")
-    p.add_argument("--window", type=int, nargs=3, metavar=("L", "U", "V"), default=d.window,
-                   help="STSS window (default: %(default)s)")
-    p.add_argument("--orders", type=int, default=d.orders, help="highest order shown (default: %(default)s)")
-    p.add_argument("--frames", type=int, default=d.frames, help="clip length (default: %(default)s)")
-    p.add_argument("--size", type=int, default=d.size, help="clip height = width in cells (default: %(default)s)")
-    p.add_argument("--radius", type=float, default=d.radius, help="object radius in cells (default: %(default)s)")
-    p.add_argument("--speed", type=float, default=d.speed, help="cells per frame (default: %(default)s)")
-    return p.parse_args(argv)
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError
+    return int(value)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    args = parse_args(argv)
+def _number(cfg: Any, key: str, kind: type) -> Any:
+    """cfg[key] as an int or a float, else a SystemExit naming the key."""
+    value = cfg[key]
     try:
-        window = check_window(args.window)
-        clip = make_toy_clip(args.frames, args.size, args.radius, args.speed)
-        if args.query is not None:
-            query = tuple(args.query)
-        else:
-            tq = args.frames // 2
-            query = (tq, *clip.centre_cell(args.query_object, tq))
-        maps = stss_maps(torch.from_numpy(clip.frames), query, window, args.orders)
+        if kind is int:
+            return _int(value)
+        if isinstance(value, bool):
+            raise TypeError
+        return float(value)
+    except (TypeError, ValueError):
+        raise SystemExit(f"moss-viz: {key} must be {'an int' if kind is int else 'a number'}, got {value!r}") from None
+
+
+def _ints(cfg: Any, key: str, names: str) -> tuple[int, ...]:
+    """cfg[key] as a list of len(names) ints, else a SystemExit naming the key."""
+    value = cfg[key]
+    try:
+        if isinstance(value, (str, bytes)) or len(value) != len(names.split(", ")):
+            raise ValueError
+        return tuple(_int(v) for v in value)
+    except (TypeError, ValueError):
+        raise SystemExit(f"moss-viz: {key} must be [{names}] (ints), got {plain(value)!r}") from None
+
+
+def main(argv: Sequence[str] | None = None) -> Path | None:
+    """`moss-viz`: render the figure of configs/viz.yaml with hydra overrides; the written PNG, or None
+    after `-h/--help` or `--cfg`."""
+    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "viz", __doc__)
+    if cfg is None:
+        return None
+    frames, size, orders = (_number(cfg, k, int) for k in ("frames", "size", "orders"))
+    radius, speed = (_number(cfg, k, float) for k in ("radius", "speed"))
+    try:
+        window = check_window(_ints(cfg, "window", "L, U, V"))
     except ValueError as err:
-        raise SystemExit(f"moss-viz: {err}") from None
-    out = Path(args.out).resolve()
+        raise SystemExit(f"moss-viz: window: {err}") from None
+    query_cell = None if cfg.query is None else _ints(cfg, "query", "T, H, W")
+    if cfg.out is None or not str(cfg.out):
+        raise SystemExit("moss-viz: out must be the PNG to write, got an empty value")
+    for key, value in (("frames", frames), ("size", size), ("orders", orders)):
+        if value < 1:
+            raise SystemExit(f"moss-viz: {key} must be >= 1, got {value}")
+    if radius <= 0:
+        raise SystemExit(f"moss-viz: radius must be > 0, got {radius}")
+    try:
+        clip = make_toy_clip(frames, size, radius, speed)
+    except ValueError as err:
+        raise SystemExit(f"moss-viz: frames/size/radius/speed: {err}") from None
+    if query_cell is not None:
+        query = query_cell
+    else:
+        tq = frames // 2
+        try:
+            query = (tq, *clip.centre_cell(str(cfg.query_object), tq))
+        except ValueError as err:
+            raise SystemExit(f"moss-viz: query_object: {err}") from None
+    try:
+        maps = stss_maps(torch.from_numpy(clip.frames), query, window, orders)
+    except ValueError as err:
+        raise SystemExit(f"moss-viz: query: {err}") from None
+    out = Path(str(cfg.out)).resolve()
     render_figure(clip, maps, query, out, window)
     scores = object_scores(maps, clip, query[0])
     print(f"query (t, h, w) = {query}; mean map value per object in frame {query[0]}:")
-    print(f"{'object':28s}" + "".join(f"  order {n}" for n in range(1, args.orders + 1)))
+    print(f"{'object':28s}" + "".join(f"  order {n}" for n in range(1, orders + 1)))
     for i, obj in enumerate(clip.objects):
-        print(f"{obj.name:28s}" + "".join(f"  {scores[n, i]:7.2f}" for n in range(args.orders)))
+        print(f"{obj.name:28s}" + "".join(f"  {scores[n, i]:7.2f}" for n in range(orders)))
     print(f"wrote {out}")
     return out
 
 
+def cli(argv: Sequence[str] | None = None) -> int:
+    """The `moss-viz` entry point: exit status 0 once the figure is written (or the help / config printed)."""
+    main(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

@@ -3,10 +3,11 @@ action chunk, and simulated trials can be run on the same schedule.
 
 A policy step has two halves: `observe` (check the observation, encode the newest frame into the
 streaming window: every step, in order) and `plan` (the rest of the vision tower, the VL backbone and
-the 4-step flow-matching head: the whole chunk, 55-90 ms for the small preset on 2 cores and much more
-under load) every n_action_steps steps. Done inside one 100 ms period, the planning steps miss their
-deadlines. `AsyncChunkPlanner` wraps the policy with the same controller interface (`reset`,
-`select_action`) and runs both halves on one worker thread:
+the 4-step flow-matching head: the whole chunk; its cost per preset is in
+benchmarks/results/policy.json and loop.json, docs/results.md sections 3 and 8) every n_action_steps
+steps. Done inside one 100 ms period, the planning steps can miss their deadlines (under load).
+`AsyncChunkPlanner` wraps the policy with the same controller interface (`reset`, `select_action`) and
+runs both halves on one worker thread:
 
     step k, main thread:  take the chunk the worker finished, if any -> hand obs_k to the worker (observe,
                           and plan too if the chunk in use has `lead` actions left) -> return the
@@ -24,7 +25,7 @@ first step (state and action share one layout: 7 joint positions + gripper width
 
 `DelayedChunkPlanner` is the same schedule in simulated time (`moss-sim eval planner.mode=delayed`): it
 plans inline, where the clock stands still, and delivers each chunk exactly `delay` steps after its
-observation (1 on the rig: loop_bench measures every chunk ready one step later), so that closed-loop
+observation (1 on the rig, as measured: benchmarks/results/loop.json), so that closed-loop
 trials show what the rig's planner does to a policy, deterministically. `ChunkPlanner` holds the schedule
 both share; the two differ only in where a job runs and when its chunk becomes visible.
 

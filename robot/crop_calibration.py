@@ -1,8 +1,13 @@
 """Mark the display corners in a camera image once; store them in the camera config's `crop` block.
 
-    moss-calibrate crop camera=zed                 # grab a frame from the configured camera
-    moss-calibrate crop camera=uvc --image f.png   # work on a saved frame
-    moss-calibrate crop camera=zed --corners 250,110 1060,165 1045,600 265,640   # no GUI
+    moss-calibrate crop camera=zed                    # grab a frame from the configured camera
+    moss-calibrate crop camera=uvc image=f.png        # work on a saved frame
+    moss-calibrate crop camera=zed 'corners=[[250,110],[1060,165],[1045,600],[265,640]]'   # no GUI
+    moss-calibrate crop camera=uvc config=my_uvc.yaml preview=view.png save_frame=raw.png
+    moss-calibrate crop --cfg camera=uvc              # print the composed config
+
+Keys (configs/calibrate_crop.yaml): camera (the group option), config (the YAML updated; default
+configs/camera/<camera>.yaml), image, corners, preview, save_frame.
 
 The GUI (a pygame window: opencv-python-headless has no HighGUI) shows the frame; click the four
 display corners in any order, `u` undoes, `r` restarts, Enter accepts (a preview of the 224x224
@@ -12,9 +17,9 @@ functions (ordering, validation, YAML update) that are tested on their own.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -209,7 +214,7 @@ def _grab_frame(camera_cfg: dict) -> np.ndarray:
 
     if camera_cfg.get("type") in ("sim", "replay"):
         raise SystemExit(f"camera={camera_cfg.get('type')}: its crop is known (sim) or the identity (replay); "
-                         f"use --image FRAME.png to calibrate on a saved frame")
+                         f"use image=FRAME.png to calibrate on a saved frame")
     cam = make_camera(camera_cfg)
     try:
         return cam.read(timeout=5.0).image
@@ -217,51 +222,59 @@ def _grab_frame(camera_cfg: dict) -> np.ndarray:
         cam.close()
 
 
+def _corner_points(value: object) -> list[tuple[float, float]]:
+    """The `corners` value: four [x, y] pairs, else a SystemExit naming it."""
+    try:
+        if isinstance(value, (str, bytes)) or len(value) != 4:
+            raise ValueError
+        points = []
+        for pair in value:
+            if isinstance(pair, (str, bytes)) or len(pair) != 2 or any(isinstance(v, bool) for v in pair):
+                raise ValueError
+            points.append((float(pair[0]), float(pair[1])))
+        return points
+    except (TypeError, ValueError):
+        raise SystemExit(f"moss-calibrate crop: corners must be four [x, y] pairs, e.g. "
+                         f"'corners=[[250,110],[1060,165],[1045,600],[265,640]]', got {value!r}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """`moss-calibrate crop`: mark the display corners and store them in the camera config."""
+    """`moss-calibrate crop`: mark the display corners and store them in the camera config
+    (configs/calibrate_crop.yaml with hydra overrides)."""
+    from moss_vla.config import cli_config, plain
     from moss_vla.paths import CONFIG_DIR
 
-    ap = argparse.ArgumentParser(prog="moss-calibrate crop", description=__doc__.split("\n\n")[0])
-    ap.add_argument("overrides", nargs="*", help="camera=NAME (configs/camera/NAME.yaml), default zed")
-    ap.add_argument("--config", type=Path, help="camera config YAML to update (default: configs/camera/NAME.yaml)")
-    ap.add_argument("--image", type=Path, help="calibrate on a saved frame (RGB/BGR image file) instead of the camera")
-    ap.add_argument("--corners", nargs=4, metavar="X,Y", help="set the corners without the GUI")
-    ap.add_argument("--preview", type=Path, help="write the resulting policy view to this PNG")
-    ap.add_argument("--save-frame", type=Path, help="also save the grabbed raw frame (PNG)")
-    args = ap.parse_args(argv)
-    name = "zed"
-    for ov in args.overrides:
-        key, _, value = ov.partition("=")
-        if key != "camera" or not value:
-            ap.error(f"unknown override {ov!r}; only camera=NAME is understood here")
-        name = value
-    config = args.config or CONFIG_DIR / "camera" / f"{name}.yaml"
+    cfg = cli_config(list(sys.argv[1:] if argv is None else argv), "calibrate_crop", __doc__)
+    if cfg is None:
+        return 0
+    name = str(cfg.camera_name)
+    config = Path(str(cfg.config)) if cfg.config is not None else CONFIG_DIR / "camera" / f"{name}.yaml"
     if not config.is_file():
-        ap.error(f"camera config {config} does not exist")
-    camera_cfg = yaml.safe_load(config.read_text())
+        raise SystemExit(f"moss-calibrate crop: config: camera config {config} does not exist")
+    # the camera grabbed from: the config file given, else the composed camera group (with its overrides)
+    camera_cfg = plain(cfg.camera) if cfg.config is None else yaml.safe_load(config.read_text())
+    if not isinstance(camera_cfg, dict):
+        raise SystemExit(f"moss-calibrate crop: config: {config} is not a camera config (a YAML mapping)")
     out_size = tuple((camera_cfg.get("crop") or {}).get("out_size") or (224, 224))
+    points = None if cfg.corners is None else _corner_points(plain(cfg.corners))
 
-    if args.image is not None:
-        bgr = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
+    if cfg.image is not None:
+        bgr = cv2.imread(str(cfg.image), cv2.IMREAD_COLOR)
         if bgr is None:
-            ap.error(f"cannot read image {args.image}")
+            raise SystemExit(f"moss-calibrate crop: image: cannot read image {cfg.image}")
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     else:
         image = _grab_frame(camera_cfg)
-    if args.save_frame is not None:
-        cv2.imwrite(str(args.save_frame), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    if cfg.save_frame is not None:
+        cv2.imwrite(str(cfg.save_frame), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     raw_size = (int(image.shape[0]), int(image.shape[1]))
 
-    if args.corners is not None:
+    if points is not None:
         try:
-            points = [tuple(float(v) for v in c.split(",")) for c in args.corners]
-        except ValueError:
-            ap.error(f"--corners wants four X,Y pairs, got {args.corners}")
-        corners = order_corners(points)
-        try:
+            corners = order_corners(points)
             validate_corners(corners, raw_size)
         except ValueError as e:
-            ap.error(str(e))
+            raise SystemExit(f"moss-calibrate crop: corners {points}: {e}") from None
     else:
         corners = pick_corners_gui(image, out_size)
         if corners is None:
@@ -269,10 +282,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
     save_crop_to_config(config, corners, raw_size)
     print(f"saved crop.corners {np.round(corners, 1).tolist()} (raw {raw_size[1]}x{raw_size[0]}) to {config}")
-    if args.preview is not None:
+    if cfg.preview is not None:
         view = DisplayCrop(corners, out_size, raw_size)(image)
-        cv2.imwrite(str(args.preview), cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
-        print(f"wrote the policy view to {args.preview}")
+        cv2.imwrite(str(cfg.preview), cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+        print(f"wrote the policy view to {cfg.preview}")
     return 0
 
 

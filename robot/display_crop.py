@@ -6,8 +6,8 @@ straight to the policy resolution (one `cv2.warpPerspective`, so crop and resize
 `warpPerspective` interpolates bilinearly only, which aliases when the display region is several
 times larger than the output (fine patterns turn into moiré, moving edges flicker). With
 `antialias=True` the display's bounding box is first halved per axis (2x2 box averages, OpenCV's fast
-path) until less than a 2x reduction is left for the warp; measured in
-benchmarks/franky_tracking_bench.py (crop_ms_per_frame) against the plain warp.
+path) until less than a 2x reduction is left for the warp; its cost against the plain warp is in
+benchmarks/results/franky_tracking.json (crop_ms_per_frame, from benchmarks/franky_tracking_bench.py).
 """
 
 from __future__ import annotations

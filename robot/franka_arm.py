@@ -2,7 +2,7 @@
 
 Each 10 Hz absolute joint target becomes one asynchronous `JointMotion`; franky replans from the
 current motion state when the next one arrives, so the arm moves smoothly through the stream.
-Facts about franky that shape this file (DESIGN.md section 5):
+Facts about franky that shape this file (docs/design.md section 5.3):
   - `Robot(ip, realtime_config=RealtimeConfig.Ignore)` on a kernel without PREEMPT_RT;
   - the relative dynamics factor is set on the robot (`robot.relative_dynamics_factor = f`), never
     as a `move()` keyword; a motion's own factor multiplies the robot's (so motions get 1 or a ratio);
@@ -113,7 +113,7 @@ class FrankaArm:
         if not 0 < self.relative_dynamics_factor <= 1:
             raise ArmError(f"arm.relative_dynamics_factor must be in (0, 1], got {relative_dynamics_factor}",
                            kind="setup", recoverable=False)
-        # on the robot, not as a move() keyword: move() has none (DESIGN.md section 5)
+        # on the robot, not as a move() keyword: move() has none (docs/design.md section 5.3)
         self.robot.relative_dynamics_factor = self.relative_dynamics_factor
         if self.robot.has_errors:
             if not recover_on_connect:  # the last session may have ended on a collision: a person looks first

@@ -1,4 +1,4 @@
-"""The small interfaces between the parts of the rig (DESIGN.md section 2).
+"""The small interfaces between the parts of the rig (docs/design.md section 3).
 
 Data flows one way: stimulus -> display -> camera frame -> frame buffer -> policy -> action chunk
 -> arm. Real and simulated parts implement the same protocol, so the control loop never knows

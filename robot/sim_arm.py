@@ -4,7 +4,7 @@ Each joint follows its commanded target like a critically damped second-order sy
 (natural frequency `omega`; a cascaded position/velocity loop), with the FR3 velocity and
 acceleration limits applied without overshoot and the joint position limits enforced (targets are clipped, joints stop at the limits). This is the lag a
 position-streaming client sees on the real arm: with the defaults, 10 Hz streamed targets of a
-smooth pointing motion are followed with about 0.02 rad error, like franky-sim (DESIGN.md section 5).
+smooth pointing motion are followed with about 0.02 rad error, like franky-sim (docs/design.md section 5.4).
 
 With a `SafetyChecker` (robot/safety.py, the checks FrankaArm runs) every command is checked first
 and an unsafe target raises `UnsafeTargetError` before anything moves, exactly like the real arm.

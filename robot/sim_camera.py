@@ -173,9 +173,8 @@ class SimCamera:
     def _screen_maps(self, screen_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         """Fixed-point remap tables: for each pixel of the display's bounding box in the raw image, where
         to sample the screen. Same geometry as warpPerspective, but the per-pixel division is done once.
-        Measured (benchmarks/results/sim_rig.json, whole capture, min of runs on the loaded 2-core
-        machine): 1.35x faster than a capture with warpPerspective for movesense_lr, 0.83x (slower) for
-        pongpredict: no consistent gain; the pictures differ by rounding only."""
+        Against a capture with warpPerspective: benchmarks/results/sim_rig.json (components, camera_remap
+        vs camera_warp_reference; docs/results.md section 5); the pictures differ by rounding only."""
         y0, y1, x0, x1 = self._roi
         inv = np.linalg.inv(self.screen_homography(screen_hw))
         xs, ys = np.meshgrid(np.arange(x0, x1, dtype=np.float64), np.arange(y0, y1, dtype=np.float64))

@@ -1,7 +1,7 @@
 """Stop conditions for the control loop (robot/control_loop.py): callables `StepInfo -> reason | None`.
 
 The loop checks them after every step; the first one that returns a reason (or a `(reason, message)` pair:
-the message says what was measured) ends the loop with it (the session, robot/session.py, then stops the
+the message says what was measured) ends the loop with it (the session, rig/session.py, then stops the
 arm unless the reason is the episode's normal end).
 They are what makes a real-time session end safely and say why:
   - `CameraStall`: the camera keeps answering but no NEW frame arrived for `timeout` seconds, or the

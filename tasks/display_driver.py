@@ -15,7 +15,7 @@ Clocks: the stimulus time t runs at the rate of `time.monotonic()` while the epi
 paused, and jumps on "next interaction". Every frame's record pairs t with `shown`, the monotonic time
 right after the flip; both processes read the same system-wide CLOCK_MONOTONIC, so the control loop
 aligns a camera frame taken at monotonic time m with the stimulus by `StimulusSubscriber.sample_at(m)`
-(through robot/rig_builder.py's `DisplayStimulus`, which converts the session clock to monotonic time).
+(through rig/live_rig.py's `DisplayStimulus`, which converts the session clock to monotonic time).
 (`shown` is when the frame was handed to the display; the panel's own latency, typically 5-20 ms, comes
 on top and is the same for every frame.)
 """
@@ -38,6 +38,7 @@ from typing import Any, Self
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from moss_vla.config import plain
 from tasks import make_task
 from tasks.stimulus import StimulusState, StimulusTask
 from tasks.stimulus_link import (
@@ -140,15 +141,11 @@ def read_frame_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[st
     return frames, events
 
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
 class DisplayDriver:
     """The pygame loop. `run()` blocks until quit (key, command, window close or `max_seconds`)."""
 
     def __init__(self, task_cfg: Mapping[str, Any], seed: int, display_cfg: Mapping[str, Any]) -> None:
-        self.task_cfg = OmegaConf.create(_plain(task_cfg))
+        self.task_cfg = OmegaConf.create(plain(task_cfg))
         self.seed = int(seed)
         self.cfg = display_cfg
         self.fps = float(display_cfg["fps"])
@@ -212,7 +209,7 @@ class DisplayDriver:
         """Show a new episode (waiting for start). A bad config raises and leaves the current one."""
         new_cfg = self.task_cfg
         if task_cfg is not None:
-            new_cfg = OmegaConf.create(_plain(task_cfg))
+            new_cfg = OmegaConf.create(plain(task_cfg))
             if bool(self.cfg["fullscreen"]) and bool(self.cfg["match_screen"]):
                 new_cfg.screen.width, new_cfg.screen.height = self.task_cfg.screen.width, self.task_cfg.screen.height
         self.task = make_task(new_cfg, int(seed))
@@ -396,24 +393,11 @@ class DisplayDriver:
 
 # -- configuration and the command line ------------------------------------------------------------------------
 def compose_driver_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose {task, display, seed} from configs/ with hydra-style overrides, e.g.
+    """configs/display_driver.yaml ({task, display, seed}) with hydra overrides, e.g.
     ["task=pongpredict", "display=monitor27", "seed=3", "display.index=1", "task.ball.radius=0.05"]."""
-    from hydra import compose, initialize_config_dir
+    from moss_vla.config import compose_config
 
-    from moss_vla.paths import CONFIG_DIR
-
-    picked = {"task": "movesense_lr", "display": "default", "seed": "0"}
-    rest = []
-    for o in overrides:
-        key, _, value = o.lstrip("+").partition("=")
-        if key in picked and _:
-            picked[key] = value
-        else:
-            rest.append(o)
-    # no primary config: the groups are added with '+' so that task.* / display.* overrides apply to them
-    final = [f"+task={picked['task']}", f"+display={picked['display']}", f"+seed={picked['seed']}", *rest]
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        return compose(config_name=None, overrides=final)
+    return compose_config(list(overrides), "display_driver")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -457,7 +441,7 @@ class DisplayProcess:
                  headless: bool = False, env: Mapping[str, str] | None = None) -> None:
         if display_cfg is None:
             display_cfg = compose_driver_config(["display=headless" if headless else "display=default"]).display
-        dcfg = OmegaConf.create(_plain(display_cfg))
+        dcfg = OmegaConf.create(plain(display_cfg))
         if display_index is not None:
             dcfg.index = int(display_index)
         if fullscreen is not None:
@@ -466,7 +450,7 @@ class DisplayProcess:
             dcfg.log_dir = str(log_dir)
         if log_file is not None:
             dcfg.log_file = str(log_file)
-        self.task_cfg = _plain(task_cfg)
+        self.task_cfg = plain(task_cfg)
         self.seed = int(seed)
         make_task(self.task_cfg, self.seed)  # a bad task config fails here, not in the child process
         self.display_cfg = dcfg
@@ -481,7 +465,7 @@ class DisplayProcess:
         self.subscriber = StimulusSubscriber(LOOPBACK, 0)
         self.display_cfg.publish = {"host": LOOPBACK, "port": self.subscriber.port}
         self.display_cfg.commands = {"host": LOOPBACK, "port": 0}
-        full = {"task": self.task_cfg, "display": _plain(self.display_cfg), "seed": self.seed}
+        full = {"task": self.task_cfg, "display": plain(self.display_cfg), "seed": self.seed}
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="display_cfg_", delete=False) as f:
             json.dump(full, f)
         self._cfg_path = Path(f.name)
@@ -531,7 +515,7 @@ class DisplayProcess:
         """Show a new episode (waiting for start): same task with another seed, or another task config."""
         fields: dict[str, Any] = {"seed": int(seed)}
         if task_cfg is not None:
-            fields["task"] = _plain(task_cfg)
+            fields["task"] = plain(task_cfg)
         self.send("load", **fields)
 
     def latest(self) -> StimulusState | None:

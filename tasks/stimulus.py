@@ -18,7 +18,8 @@ from typing import Any, ClassVar
 
 import cv2
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+
+from moss_vla.config import plain
 
 # cv2 draws with sub-pixel precision when coordinates are fixed point with this many fractional bits.
 _SHIFT = 4
@@ -107,9 +108,8 @@ class StimulusTask:
     phase_names: ClassVar[list[str]] = []
 
     def __init__(self, cfg: Mapping[str, Any], seed: int) -> None:
-        if isinstance(cfg, DictConfig):  # plain containers: much faster to read, JSON-serialisable
-            cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
-        self.cfg: dict[str, Any] = dict(cfg)
+        # plain containers: much faster to read, JSON-serialisable
+        self.cfg: dict[str, Any] = dict(plain(cfg))
         self.seed = int(seed)
         self.name: str = str(cfg["name"])
         self.instruction: str = str(cfg["instruction"])

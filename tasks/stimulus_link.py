@@ -129,7 +129,7 @@ class StimulusSubscriber:
     def sample_at(self, mono: float) -> StimulusSample | None:
         """The frame that was on screen at monotonic time `mono` (the last frame shown at or before it), from
         the kept history; None if `mono` is older than the history. The one lookup of what a camera frame
-        showed: the live rig's DisplayStimulus (robot/rig_builder.py) uses it."""
+        showed: the live rig's DisplayStimulus (rig/live_rig.py) uses it."""
         with self._cond:
             # newest first: the control loop asks about the last frames (a scan of a few samples)
             for s in reversed(self._history):

@@ -213,14 +213,27 @@ def test_cli_on_a_saved_frame_writes_the_config_and_preview(tmp_path, capsys):
     cv2.fillConvexPoly(img, QUAD.astype(np.int32), (255, 255, 255))
     cv2.imwrite(str(frame), img)
     preview = tmp_path / "view.png"
-    corners = [f"{x:g},{y:g}" for x, y in QUAD[[1, 3, 0, 2]]]
-    rc = crop_main(["camera=zed", "--config", str(config), "--image", str(frame), "--corners", *corners,
-                    "--preview", str(preview)])
+    corners = "corners=[" + ",".join(f"[{x:g},{y:g}]" for x, y in QUAD[[1, 3, 0, 2]]) + "]"
+    rc = crop_main(["camera=zed", f"config={config}", f"image={frame}", corners, f"preview={preview}"])
     assert rc == 0
     assert yaml.safe_load(config.read_text())["crop"]["corners"] == QUAD.tolist()
     view = cv2.imread(str(preview))
     assert view.shape == (224, 224, 3) and view[20:-20, 20:-20].min() > 240
     assert "saved crop.corners" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        crop_main(["camera=zed", "--config", str(config), "--image", str(frame), "--corners",
-                   "0,0", "5,0", "5,5", "0,5"])
+    with pytest.raises(SystemExit, match="corners"):
+        crop_main(["camera=zed", f"config={config}", f"image={frame}", "corners=[[0,0],[5,0],[5,5],[0,5]]"])
+    with pytest.raises(SystemExit, match="corners must be four"):
+        crop_main(["camera=zed", f"config={config}", f"image={frame}", "corners=[[0,0],[5,0]]"])
+    with pytest.raises(SystemExit, match="nope.yaml does not exist"):
+        crop_main(["camera=zed", f"config={tmp_path / 'nope.yaml'}", f"image={frame}", corners])
+    with pytest.raises(SystemExit, match="cannot read image .*missing.png"):
+        crop_main(["camera=zed", f"config={config}", f"image={tmp_path / 'missing.png'}", corners])
+    assert yaml.safe_load(config.read_text())["crop"]["corners"] == QUAD.tolist()  # nothing else written
+
+
+def test_cli_cfg_names_the_camera_and_its_file(capsys):
+    assert crop_main(["--cfg", "camera=uvc"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["camera_name"] == "uvc" and printed["camera"]["type"] == "uvc" and printed["config"] is None
+    assert crop_main(["-h"]) == 0
+    assert "moss-calibrate crop" in capsys.readouterr().out

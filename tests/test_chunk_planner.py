@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from policy_helpers import INSTRUCTION, frames, tiny_policy
 
+from moss_vla.config import compose_config
 from robot.chunk_planner import AsyncChunkPlanner, DelayedChunkPlanner, PlannerError, make_controller
 from robot.clock import SimClock
 from robot.control_loop import ControlLoop
 from robot.display_crop import DisplayCrop
 from robot.fr3_kinematics import Q_READY
-from robot.record_cli import compose_config
 from robot.sim_arm import SimArm
 from robot.sim_camera import SimCamera
 

@@ -1,4 +1,4 @@
-"""`moss-sim collect` end to end (tasks/sim_cli.py, tasks/sim_rig.py): a short collection produces a
+"""`moss-sim collect` end to end (rig/sim_cli.py, rig/sim_rig.py): a short collection produces a
 valid episode store with the schema of real recordings; episodes are reproducible from their seeds."""
 
 import json
@@ -6,11 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from moss_vla.config import compose_config
 from moss_vla.episodes import EpisodeStore
 from moss_vla.episodes.check import check_store
+from rig.sim_cli import collect, main
+from rig.sim_rig import build_sim_rig
 from robot.fr3_kinematics import Q_MAX, Q_MIN
-from tasks.sim_cli import collect, compose_config, main
-from tasks.sim_rig import build_sim_rig
 
 SHORT = ["task.n_patterns=1", "progress=false"]  # one motion pattern: ~5 s episodes
 
@@ -51,11 +52,11 @@ def test_collect_writes_a_valid_store_with_success_labels(tmp_path, capsys):
         assert np.ptp(ep["state"][:, 0]) > 0.4
 
     with pytest.raises(SystemExit, match="already exists"):
-        collect(compose_config(["episodes=1", f"out={out}", *SHORT]))
+        collect(compose_config(["episodes=1", f"out={out}", *SHORT], "sim"))
 
 
 def test_episodes_are_reproducible_from_their_seed():
-    cfg = compose_config(["task=pongpredict", "task.n_interactions=1"])
+    cfg = compose_config(["task=pongpredict", "task.n_interactions=1"], "sim")
 
     def episode(seed):
         rig = build_sim_rig(cfg, seed)

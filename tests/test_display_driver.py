@@ -188,11 +188,11 @@ def test_display_process_reports_bad_configs(tmp_path):
 
 
 def test_the_control_loop_looks_up_the_stimulus_through_the_subscriber(monkeypatch):
-    """robot.rig_builder.DisplayStimulus (the live loop's `stimulus` and the arm log's stimulus times) uses
+    """rig.live_rig.DisplayStimulus (the live loop's `stimulus` and the arm log's stimulus times) uses
     StimulusSubscriber.sample_at, on the session clock: one lookup, tested here through the class the loop
     uses."""
+    from rig.live_rig import DisplayStimulus
     from robot.clock import RealClock
-    from robot.rig_builder import DisplayStimulus
 
     with StimulusSubscriber() as sub:
         pub = StimulusPublisher(port=sub.port)

@@ -31,6 +31,13 @@ def _run(capsys, *argv) -> tuple[int, str]:
     return code, out.out + out.err
 
 
+def test_cfg_says_there_is_no_config(store, capsys):
+    for argv in (["--cfg"], ["info", store, "--cfg"], ["--cfg", "job"]):
+        code, out = _run(capsys, *argv)
+        assert code == 0
+        assert out.strip().splitlines() == ["moss-data takes store paths (see moss-data --help) and has no config to print"]
+
+
 def test_info(store, capsys):
     code, out = _run(capsys, "info", store)
     assert code == 0

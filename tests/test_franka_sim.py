@@ -1,7 +1,7 @@
 """FrankaArm with the real franky client against franky-sim (MuJoCo, loopback), started by this module.
 
 franky-sim serves one client at a time on TCP 1337 (arm) and 1338 (gripper), so the module shares one
-server and one FrankaArm. Numbers measured here are printed (pytest -s) and quoted in the README.
+server and one FrankaArm. Numbers measured here are printed (pytest -s) and quoted in docs/results.md.
 """
 
 import re

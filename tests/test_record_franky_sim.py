@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from moss_vla.episodes import EpisodeStore
+from rig.record_cli import main
 from robot.fr3_kinematics import ee_position
-from robot.record_cli import main
 from tasks.targets import load_targets
 
 SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]",
@@ -62,8 +62,8 @@ def test_ctrl_c_while_homing_stops_the_arm_before_the_episode(franky_sim, tmp_pa
     is, not after the motion, and the episode must not take a single step."""
     import signal
 
+    from rig.session import LiveRig
     from robot.franka_arm import FrankaArm
-    from robot.session import LiveRig
 
     away = load_targets("movesense_lr.yaml").home.q + np.array([0.4, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0])
     calls = []

@@ -1,4 +1,4 @@
-"""moss-record on the simulated rig in REAL time (robot/record_cli.py): the display driver process (headless),
+"""moss-record on the simulated rig in REAL time (rig/record_cli.py): the display driver process (headless),
 the virtual ZED filming what it shows, the scripted operator, the episode writer; plus the stop key."""
 
 import json
@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from moss_vla.config import compose_config
 from moss_vla.episodes import EpisodeStore
 from moss_vla.episodes.check import check_store
-from robot import rig_builder
-from robot.record_cli import compose_config, main, record
+from rig import live_rig
+from rig.record_cli import main, record
 
 # one motion pattern, short pauses: an episode lasts 0.3 + 1.5 + 1.2 s (+ 0.5 s tail)
 SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]",
@@ -58,7 +59,7 @@ def test_record_two_episodes_in_real_time(tmp_path):
 
 def test_stop_key_on_the_display_stops_everything_and_keeps_the_store_consistent(tmp_path, monkeypatch):
     rigs = []
-    build = rig_builder.build_live_rig
+    build = live_rig.build_live_rig
 
     def spy(cfg, seed):
         rigs.append(build(cfg, seed))
@@ -66,9 +67,9 @@ def test_stop_key_on_the_display_stops_everything_and_keeps_the_store_consistent
         threading.Timer(1.5 + 1.0, lambda: rigs[0].display.send("key", key="q")).start()
         return rigs[0]
 
-    monkeypatch.setattr(rig_builder, "build_live_rig", spy)
+    monkeypatch.setattr(live_rig, "build_live_rig", spy)
     out = tmp_path / "rec.zarr"
-    cfg = compose_config([f"out={out}", "episodes=3", f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", *SHORT])
+    cfg = compose_config([f"out={out}", "episodes=3", f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", *SHORT], "record")
     report = record(cfg)
     assert report["stopped"] == "stop_key" and report["episodes_committed"] == 0
     assert report["episodes"][0]["end_reason"] == "stop_key" and len(report["episodes"]) == 1
@@ -78,7 +79,7 @@ def test_stop_key_on_the_display_stops_everything_and_keeps_the_store_consistent
 
 
 def test_a_crashed_display_exits_1_not_the_user_stop_code_130(tmp_path, monkeypatch):
-    from robot import session
+    from rig import session
 
     real = session.run_live_episode
 
@@ -123,14 +124,14 @@ def test_one_teleop_device_per_session_closed_at_the_end(tmp_path, monkeypatch):
     made = counting_keyboards(monkeypatch)
     # nobody touches the keys: the arm holds home, the episodes run to their end
     cfg = compose_config(["teleop=keyboard", f"out={tmp_path / 'rec.zarr'}", "episodes=2", f"log_dir={tmp_path}",
-                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT], "record")
     report = record(cfg)
     assert [e["end_reason"] for e in report["episodes"]] == ["episode_done", "episode_done"]
     assert len(made) == 1 and made[0].n_closed == 1
 
 
 def test_the_teleop_device_is_closed_when_an_episode_raises(tmp_path, monkeypatch):
-    from robot import session
+    from rig import session
 
     made = counting_keyboards(monkeypatch)
     real, calls = session.run_live_episode, []
@@ -143,7 +144,7 @@ def test_the_teleop_device_is_closed_when_an_episode_raises(tmp_path, monkeypatc
 
     monkeypatch.setattr(session, "run_live_episode", second_one_raises)
     cfg = compose_config(["teleop=keyboard", f"out={tmp_path / 'rec.zarr'}", "episodes=3", f"log_dir={tmp_path}",
-                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT], "record")
     with pytest.raises(RuntimeError, match="boom"):
         record(cfg)
     assert calls[0] is calls[1]  # the same teleoperator in both episodes
@@ -154,13 +155,13 @@ def test_a_camera_with_recorded_timestamps_is_refused_naming_camera_type(tmp_pat
     """A replayed store carries the timestamps of its recording (session-relative for a sim recording): they
     cannot be matched with what the display shows now, so the live rig refuses it at start, instead of
     stopping every episode at step 0 (camera_stall)."""
-    from tasks.sim_cli import collect
-    from tasks.sim_cli import compose_config as sim_config
+    from moss_vla.config import compose_config as sim_config
+    from rig.sim_cli import collect
 
     store = tmp_path / "sim.zarr"
-    assert collect(sim_config([f"out={store}", "episodes=1", *SHORT]))["store_check"] == "ok"
+    assert collect(sim_config([f"out={store}", "episodes=1", *SHORT], "sim"))["store_check"] == "ok"
     cfg = compose_config(["camera=replay", f"camera.path={store}", f"out={tmp_path / 'rec.zarr'}", "episodes=1",
-                          f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", *SHORT])
+                          f"log_dir={tmp_path}", f"display.log_dir={tmp_path}", *SHORT], "record")
     with pytest.raises(ValueError, match=r"camera.type='replay'.*recorded") as info:
         record(cfg)
     assert "moss-replay" in str(info.value)
@@ -169,9 +170,9 @@ def test_a_camera_with_recorded_timestamps_is_refused_naming_camera_type(tmp_pat
 def test_the_rig_tail_and_camera_timeout_are_the_live_sessions_too(tmp_path):
     """One key per setting: configs/rig/sim.yaml's `tail` and `camera_timeout` (the live default of the tail,
     0.5 s, is set in configs/record.yaml)."""
-    assert compose_config([]).rig.tail == 0.5 and compose_config([]).rig.camera_timeout == 1.0
+    assert compose_config([], "record").rig.tail == 0.5 and compose_config([], "record").rig.camera_timeout == 1.0
     cfg = compose_config([f"out={tmp_path / 'rec.zarr'}", "episodes=1", "rig.tail=2.0", f"log_dir={tmp_path}",
-                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT])
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT], "record")
     assert "tail" not in cfg.loop and "camera_timeout" not in cfg.loop
     loop = record(cfg)["episodes"][0]["loop"]
     # the display's episode lasts 3.0 s; the loop kept recording 2 s after its end
@@ -179,13 +180,13 @@ def test_the_rig_tail_and_camera_timeout_are_the_live_sessions_too(tmp_path):
 
 
 def test_a_real_camera_without_display_corners_is_refused_unless_full_frame_is_asked_for():
-    from robot.rig_builder import check_crop_calibrated
+    from rig.live_rig import check_crop_calibrated
 
     for cam in ("zed", "uvc"):
         with pytest.raises(ValueError, match=rf"corners is not calibrated for camera={cam}.*moss-calibrate crop "
                                              rf"camera={cam}.*configs/camera/{cam}.yaml.*full_frame=true"):
-            check_crop_calibrated(compose_config([f"camera={cam}"]).camera)
-        check_crop_calibrated(compose_config([f"camera={cam}", "camera.crop.full_frame=true"]).camera)
+            check_crop_calibrated(compose_config([f"camera={cam}"], "record").camera)
+        check_crop_calibrated(compose_config([f"camera={cam}", "camera.crop.full_frame=true"], "record").camera)
         check_crop_calibrated(compose_config([f"camera={cam}",
-                                              "camera.crop.corners=[[300,100],[900,100],[900,600],[300,600]]"]).camera)
-    check_crop_calibrated(compose_config(["camera=sim"]).camera)
+                                              "camera.crop.corners=[[300,100],[900,100],[900,600],[300,600]]"], "record").camera)
+    check_crop_calibrated(compose_config(["camera=sim"], "record").camera)

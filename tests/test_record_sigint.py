@@ -17,7 +17,7 @@ SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5
 
 def test_sigint_leaves_a_consistent_store(tmp_path):
     out = tmp_path / "rec.zarr"
-    cmd = [sys.executable, "-c", "import sys; from robot.record_cli import main; sys.exit(main())",
+    cmd = [sys.executable, "-c", "import sys; from rig.record_cli import main; sys.exit(main())",
            "camera=sim", "arm=sim", "teleop=scripted", f"out={out}", "episodes=5", f"log_dir={tmp_path}",
            f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

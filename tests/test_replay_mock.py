@@ -1,4 +1,4 @@
-"""moss-replay, the mock environment (robot/replay_cli.py, robot/mock_arm.py): recorded episodes through
+"""moss-replay, the mock environment (rig/replay_cli.py, robot/mock_arm.py): recorded episodes through
 ReplayCamera and the mock arm, re-sending the recorded actions (loop + safety path) or running a policy
 open loop (action error, step latency)."""
 
@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
+from moss_vla.config import compose_config
 from moss_vla.episodes import EpisodeStore, EpisodeWriter
+from rig.replay_cli import main
+from rig.sim_cli import collect
+from rig.sim_eval import untrained_checkpoint
 from robot.mock_arm import ReplayArm
-from robot.replay_cli import main
 from robot.safety import SafetyChecker, UnsafeTargetError
-from tasks.sim_cli import collect, compose_config
-from tasks.sim_eval import untrained_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def store(tmp_path_factory):
     """One short scripted episode of the simulated rig (simulated time: about a second of CPU)."""
     path = tmp_path_factory.mktemp("replay") / "sim.zarr"
     cfg = compose_config([f"out={path}", "episodes=1", "progress=false", "task.n_patterns=1",
-                          "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]"])
+                          "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]"], "sim")
     assert collect(cfg)["store_check"] == "ok"
     return path
 

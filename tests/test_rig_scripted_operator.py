@@ -5,11 +5,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from moss_vla.paths import CONFIG_DIR
+from rig.sim_rig import label_targets
 from robot.fr3_kinematics import ee_position
 from tasks import make_task
 from tasks.scoring import score_interactions
 from tasks.scripted_operator import ScriptedOperator
-from tasks.sim_rig import label_targets
 from tasks.targets import load_targets
 
 

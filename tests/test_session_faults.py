@@ -1,4 +1,4 @@
-"""Between the episodes of a live session (robot/session.py `end_of_episode`, robot/rig_builder.py
+"""Between the episodes of a live session (rig/session.py `end_of_episode`, rig/live_rig.py
 `LiveRig.recover_arm`): a rig fault ends the session and its cut-short trials are not counted; after a real
 arm's error (e.g. a collision reflex) the arm is recovered and re-homed only as `after_arm_error` says."""
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
+from rig.live_rig import LiveRig, build_live_rig
+from rig.session import RIG_FAULTS, LiveEpisode, end_of_episode
 from robot.control_loop import LoopResult
-from robot.rig_builder import LiveRig, build_live_rig
-from robot.session import RIG_FAULTS, LiveEpisode, end_of_episode
 from robot.stop_conditions import StopFlag
 from tasks.scoring import InteractionResult, ScoreSummary
 

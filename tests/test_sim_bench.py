@@ -8,10 +8,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from moss_vla.config import compose_config
+from rig.sim_bench import PolicyJob, _run_parallel, recipe_text, seed_interval, wilson_interval
+from rig.sim_cli import main
+from rig.sim_eval import load_policy, markdown_table, summarize
 from tasks.scoring import InteractionResult
-from tasks.sim_bench import PolicyJob, _run_parallel, bench_main, recipe_text, seed_interval, wilson_interval
-from tasks.sim_cli import compose_config, main
-from tasks.sim_eval import load_policy, markdown_table, summarize
+
+
+def bench_cli(overrides: list[str]) -> int:
+    return main(["bench", *overrides])
+
 
 POLICIES = ["groot", "moss"]
 
@@ -22,7 +28,7 @@ def bench(tmp_path_factory):
     overrides = ["tasks=[movesense_lr]", f"policies=[{','.join(POLICIES)}]", "preset=tiny", "episodes=2", "steps=3",
                  "batch_size=2", "trials={movesense_lr: 2}", f"work_dir={work}", f"results={work}/table",
                  "train_jobs=2", "train_overrides=['log_every=1','ckpt_every=3','val_batches=1']"]
-    assert bench_main(overrides) == 0
+    assert bench_cli(overrides) == 0
     return work, overrides
 
 
@@ -109,7 +115,7 @@ def test_bench_resumes_without_redoing_finished_stages(bench, capsys):
     work, overrides = bench
     ckpt = work / "movesense_lr-moss-seed0" / "checkpoints" / "step_0000003" / "model.safetensors"
     before = ckpt.stat().st_mtime_ns
-    assert bench_main(overrides) == 0
+    assert bench_cli(overrides) == 0
     out = capsys.readouterr().out
     assert "collecting" not in out and "training" not in out and "evaluating" not in out
     assert ckpt.stat().st_mtime_ns == before
@@ -120,7 +126,7 @@ def test_more_training_seeds_train_only_the_new_runs_and_the_table_pools_their_t
     seed0 = work / "movesense_lr-moss-seed0" / "checkpoints" / "step_0000003" / "model.safetensors"
     before = seed0.stat().st_mtime_ns
     more = [o for o in overrides if not o.startswith(("policies=", "results="))]
-    assert bench_main([*more, "policies=[moss]", "train_seeds=[0,1]", f"results={work}/seeds"]) == 0
+    assert bench_cli([*more, "policies=[moss]", "train_seeds=[0,1]", f"results={work}/seeds"]) == 0
     out = capsys.readouterr().out
     assert "training movesense_lr-moss-seed1 " in out and "training movesense_lr-moss-seed0" not in out
     assert seed0.stat().st_mtime_ns == before
@@ -141,7 +147,7 @@ def test_more_training_seeds_train_only_the_new_runs_and_the_table_pools_their_t
         f"seeds {100 * lo:.0f}-{100 * hi:.0f}) [paper 95.8] |")
     for bad, why in [("[0,0]", "repeats a seed"), ("[]", "non-empty list of ints"), ("[a]", "non-empty list of ints")]:
         with pytest.raises(ValueError, match=rf"train_seeds: .*{why}"):
-            bench_main([*more, f"train_seeds={bad}"])
+            bench_cli([*more, f"train_seeds={bad}"])
 
 
 def test_bench_refuses_a_work_dir_trained_with_other_settings(bench):
@@ -150,16 +156,16 @@ def test_bench_refuses_a_work_dir_trained_with_other_settings(bench):
              "'val_batches=1','policy.aux_label_weight=0.5']" for o in overrides]
     with pytest.raises(ValueError, match=r"movesense_lr-groot-seed0 was trained with .* this bench asks for .*"
                                          r"aux_label_weight=0.5.* own work_dir"):
-        bench_main(other)
+        bench_cli(other)
     assert json.loads((work / "movesense_lr-groot-seed0" / "bench_recipe.json").read_text())[:2] == [
         "policy=groot", "model=tiny"]
     # a store collected, or an evaluation made, with other settings is refused too, never silently reused
     with pytest.raises(ValueError, match=r"movesense_lr.collect.json: the store was collected with episodes=2, "
                                          r"collect_seed=0; this bench asks for episodes=3"):
-        bench_main([*overrides, "episodes=3"])
+        bench_cli([*overrides, "episodes=3"])
     with pytest.raises(ValueError, match=r"results.json was evaluated with trials=2, eval_seed=1000000; this bench "
                                          r"asks for trials=4"):
-        bench_main([o if not o.startswith("trials=") else "trials={movesense_lr: 4}" for o in overrides])
+        bench_cli([o if not o.startswith("trials=") else "trials={movesense_lr: 4}" for o in overrides])
 
 
 def test_eval_overrides_evaluate_every_run_again_beside_the_default_evaluation(bench):
@@ -170,7 +176,7 @@ def test_eval_overrides_evaluate_every_run_again_beside_the_default_evaluation(b
                                                   "temporal_ensemble_coeff": None}
     trained = {pol: (c / "model.safetensors").stat().st_mtime_ns for pol, c in ckpts.items()}
     more = [o for o in overrides if not o.startswith("results=")]
-    assert bench_main([*more, "eval_overrides=['n_action_steps=2']", f"results={work}/n2.0"]) == 0  # a dot kept
+    assert bench_cli([*more, "eval_overrides=['n_action_steps=2']", f"results={work}/n2.0"]) == 0  # a dot kept
     assert {pol: (c / "model.safetensors").stat().st_mtime_ns for pol, c in ckpts.items()} == trained  # not retrained
     table = json.loads((work / "n2.0.json").read_text())
     assert (work / "n2.0.md").exists() and (work / "n2.0.png").exists()
@@ -183,7 +189,7 @@ def test_eval_overrides_evaluate_every_run_again_beside_the_default_evaluation(b
     assert recipe_text(table["config"]).endswith("evaluated with n_action_steps=2")
     for bad in ("trials=5", "n_action_steps"):
         with pytest.raises(ValueError, match=rf"eval_overrides: '{bad}' is not a moss-sim eval override"):
-            bench_main([*more, f"eval_overrides=['{bad}']"])
+            bench_cli([*more, f"eval_overrides=['{bad}']"])
 
 
 def test_eval_refuses_training_seeds_and_missing_checkpoints(bench, tmp_path, capsys):
@@ -268,7 +274,7 @@ def test_bench_workers_end_when_the_bench_is_killed(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(
         "import multiprocessing as mp, os, sys, time\n"
-        "from tasks.sim_bench import exit_with_parent\n"
+        "from rig.sim_bench import exit_with_parent\n"
         "def child(ppid):\n"
         "    exit_with_parent(ppid, poll_s=0.1)\n"
         f"    open({str(tmp_path / 'watching')!r}, 'w').close()\n"

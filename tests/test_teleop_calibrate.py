@@ -10,12 +10,17 @@ import pygame
 import pytest
 import yaml
 
-from robot.calibrate_cli import TargetRecorder, calibrate_targets, main
+from moss_vla.config import compose_config
+from rig.calibrate_cli import TargetRecorder, calibrate_targets, main
 from robot.clock import SimClock
 from robot.fr3_kinematics import ee_position
 from tasks.targets import TargetSet, load_targets
 
 SHIPPED = load_targets("movesense_lr")
+
+
+def calibrate(overrides: list[str], **kwargs) -> bool:
+    return calibrate_targets(compose_config(overrides, "calibrate"), **kwargs)
 
 
 def scripted_keys(script: dict[int, list[tuple[int, bool]]]):
@@ -51,7 +56,7 @@ def test_records_all_targets_of_a_task_and_writes_the_calibration_file(tmp_path,
         101: press(pygame.K_s),
         102: press(pygame.K_ESCAPE),
     }
-    written = calibrate_targets(["task=movesense_lr", "arm=sim", "teleop=keyboard", f"out={out}"],
+    written = calibrate(["task=movesense_lr", "arm=sim", "teleop=keyboard", f"out={out}"],
                                 clock=SimClock(), max_steps=200, on_step=scripted_keys(script))
     assert written and out.is_file()
     log = capsys.readouterr().out
@@ -70,7 +75,7 @@ def test_records_all_targets_of_a_task_and_writes_the_calibration_file(tmp_path,
 def test_a_partial_session_keeps_the_previous_poses(tmp_path, capsys):
     out = tmp_path / "fresh.yaml"  # no previous file of this name: the shipped one seeds the poses
     script = {1: press(pygame.K_TAB), 2: press(pygame.K_RETURN), 3: press(pygame.K_ESCAPE)}
-    written = calibrate_targets(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
+    written = calibrate(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
                                 on_step=scripted_keys(script))
     # the other targets have poses from the shipped file, so the set is complete and is written
     assert written
@@ -84,7 +89,7 @@ def test_the_sim_arm_runs_the_safety_checks_of_its_config(tmp_path, capsys):
     """arm=sim checks every target against configs/arm/sim.yaml's safety block, like the real arm: here a
     smaller step limit than the snap's peak (0.06 rad per step) refuses the snap to left_bowl."""
     script = {1: press(pygame.K_1), 40: press(pygame.K_ESCAPE)}
-    calibrate_targets(["task=movesense_lr", "arm=sim", "teleop=keyboard", f"out={tmp_path / 't.yaml'}",
+    calibrate(["task=movesense_lr", "arm=sim", "teleop=keyboard", f"out={tmp_path / 't.yaml'}",
                        "arm.safety.max_step=0.03"], clock=SimClock(), max_steps=50, on_step=scripted_keys(script))
     log = capsys.readouterr().out
     assert "refused: unsafe joint target: step of joint" in log and "(max 0.030)" in log
@@ -123,7 +128,7 @@ def test_ctrl_c_and_arm_errors_do_not_lose_stored_poses(tmp_path, capsys, monkey
         if k == 5:
             raise KeyboardInterrupt
 
-    assert calibrate_targets(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
+    assert calibrate(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
                              on_step=ctrl_c_at_5)
     assert "interrupted" in capsys.readouterr().out and TargetSet.load(out).names[1] == "red_cup"
     # a recoverable arm error (a reflex while jogging) is recovered and the session goes on
@@ -140,7 +145,7 @@ def test_ctrl_c_and_arm_errors_do_not_lose_stored_poses(tmp_path, capsys, monkey
     monkeypatch.setattr(SimArm, "recover", lambda arm: recovered.append(1), raising=False)
     out2 = tmp_path / "pong2.yaml"
     script2 = {6: press(pygame.K_TAB), 7: press(pygame.K_RETURN), 8: press(pygame.K_ESCAPE)}
-    assert calibrate_targets(["task=pongpredict", "arm=sim", f"out={out2}"], clock=SimClock(), max_steps=50,
+    assert calibrate(["task=pongpredict", "arm=sim", f"out={out2}"], clock=SimClock(), max_steps=50,
                              on_step=scripted_keys(script2))
     assert recovered == [1] and "arm error: cartesian_reflex; recovering" in capsys.readouterr().out
     # one that cannot be recovered ends the session, after the stored poses are written
@@ -150,7 +155,7 @@ def test_ctrl_c_and_arm_errors_do_not_lose_stored_poses(tmp_path, capsys, monkey
     script3 = {0: press(pygame.K_TAB), 1: press(pygame.K_RETURN)}  # stored before the 3rd command
     out3 = tmp_path / "pong3.yaml"
     with pytest.raises(ArmError, match="locked"):
-        calibrate_targets(["task=pongpredict", "arm=sim", f"out={out3}"], clock=SimClock(), max_steps=50,
+        calibrate(["task=pongpredict", "arm=sim", f"out={out3}"], clock=SimClock(), max_steps=50,
                           on_step=scripted_keys(script3))
     assert out3.is_file()
 
@@ -162,7 +167,7 @@ def test_poses_taken_on_another_arm_do_not_seed_the_session(tmp_path, capsys):
     ts.arm = "franka"
     ts.save(out)
     script = {1: press(pygame.K_TAB), 2: press(pygame.K_RETURN), 3: press(pygame.K_ESCAPE)}
-    written = calibrate_targets(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
+    written = calibrate(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
                                 on_step=scripted_keys(script))
     log = capsys.readouterr().out
     assert not written and "taken on arm=franka, this is arm=sim" in log and "not written: no pose yet" in log
@@ -170,6 +175,6 @@ def test_poses_taken_on_another_arm_do_not_seed_the_session(tmp_path, capsys):
     # a session that stores every pose writes the arm it ran on
     script = {1: press(pygame.K_RETURN), 2: press(pygame.K_RETURN), 3: press(pygame.K_RETURN),
               4: press(pygame.K_RETURN), 5: press(pygame.K_ESCAPE)}
-    assert calibrate_targets(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
+    assert calibrate(["task=pongpredict", "arm=sim", f"out={out}"], clock=SimClock(), max_steps=50,
                              on_step=scripted_keys(script))
     assert load_targets(out).arm == "sim"

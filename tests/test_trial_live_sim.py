@@ -1,4 +1,4 @@
-"""moss-trial on the simulated rig in REAL time (robot/trial_cli.py): a checkpoint drives the arm, trials are
+"""moss-trial on the simulated rig in REAL time (rig/trial_cli.py): a checkpoint drives the arm, trials are
 scored by tasks/scoring.py, results table / JSON / per-trial log are written; policy failures end a trial
 safely with the reason recorded."""
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from robot.record_cli import compose_config
-from robot.trial_cli import main, run_trials
-from tasks.sim_eval import untrained_checkpoint
+from moss_vla.config import compose_config
+from rig.sim_eval import untrained_checkpoint
+from rig.trial_cli import main, run_trials
 
 SHORT = ["task.n_patterns=1", "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]",
          "progress=false"]
@@ -73,8 +73,8 @@ def test_policy_exception_and_non_finite_action_end_the_trial_with_the_reason(tm
 
 
 def test_exit_code_is_130_only_for_a_user_stop(monkeypatch):
-    from robot import trial_cli
-    from tasks.sim_eval import summarize
+    from rig import trial_cli
+    from rig.sim_eval import summarize
 
     for stopped, code in ((None, 0), ("stop_key", 130), ("interrupted", 130), ("display_lost", 1)):
         report = {"task": "movesense_lr", "trials": 0, "stopped": stopped, "eval_dir": "/tmp/x", **summarize([], [])}

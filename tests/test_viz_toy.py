@@ -4,13 +4,19 @@ import numpy as np
 import pytest
 import torch
 
+from moss_vla.config import compose_config
 from moss_vla.toy_clip import make_toy_clip
-from moss_vla.viz import VizDefaults, main, object_scores, stss_maps
+from moss_vla.viz import main, object_scores, stss_maps
 
 
 @pytest.fixture(scope="module")
-def clip():
-    d = VizDefaults()
+def d():
+    """The defaults of moss-viz (configs/viz.yaml)."""
+    return compose_config([], "viz")
+
+
+@pytest.fixture(scope="module")
+def clip(d):
     return make_toy_clip(d.frames, d.size, d.radius, d.speed)
 
 
@@ -31,11 +37,10 @@ def test_toy_clip_layout(clip):
     assert np.allclose(clip.frames[3][clip.masks[3, green]], [0, 1, 0], atol=0.5)
 
 
-def test_first_order_sees_look_second_order_sees_motion(clip):
-    d = VizDefaults()
+def test_first_order_sees_look_second_order_sees_motion(clip, d):
     tq = d.frames // 2
     query = (tq, *clip.centre_cell(d.query_object, tq))
-    maps = stss_maps(torch.from_numpy(clip.frames), query, d.window, orders=2)
+    maps = stss_maps(torch.from_numpy(clip.frames), query, tuple(d.window), orders=2)
     scores = object_scores(maps, clip, tq)
     idx = {o.name: i for i, o in enumerate(clip.objects)}
     other_cube = scores[:, idx["green cube (vertical)"]]
@@ -49,7 +54,7 @@ def test_first_order_sees_look_second_order_sees_motion(clip):
 
 def test_moss_viz_writes_png(tmp_path, capsys):
     out = tmp_path / "figure" / "viz.png"
-    written = main(["--out", str(out), "--window", "3", "5", "5", "--orders", "3"])
+    written = main([f"out={out}", "window=[3,5,5]", "orders=3"])
     assert written == out.resolve() and out.exists()
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
     printed = capsys.readouterr().out
@@ -57,11 +62,28 @@ def test_moss_viz_writes_png(tmp_path, capsys):
 
 
 def test_moss_viz_rejects_bad_options(tmp_path):
-    with pytest.raises(SystemExit, match="must be odd"):
-        main(["--out", str(tmp_path / "a.png"), "--window", "3", "4", "5"])
-    with pytest.raises(SystemExit, match="no object named"):
-        main(["--out", str(tmp_path / "a.png"), "--query-object", "purple star"])
+    out = f"out={tmp_path / 'a.png'}"
+    with pytest.raises(SystemExit, match="window: .*must be odd"):
+        main([out, "window=[3,4,5]"])
+    with pytest.raises(SystemExit, match=r"window must be \[L, U, V\]"):
+        main([out, "window=[3,5]"])
+    with pytest.raises(SystemExit, match="query_object: no object named"):
+        main([out, "query_object='purple star'"])
     with pytest.raises(SystemExit, match="orders must be >= 1"):
-        main(["--out", str(tmp_path / "a.png"), "--orders", "0"])
-    with pytest.raises(SystemExit, match="outside the clip"):
-        main(["--out", str(tmp_path / "a.png"), "--query", "9", "0", "0"])
+        main([out, "orders=0"])
+    with pytest.raises(SystemExit, match="frames must be an int"):
+        main([out, "frames=many"])
+    with pytest.raises(SystemExit, match="query: .*outside the clip"):
+        main([out, "query=[9,0,0]"])
+    with pytest.raises(SystemExit, match="viz: .*nosuchkey"):
+        main([out, "nosuchkey=1"])
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_moss_viz_help_and_cfg_print_only(tmp_path, capsys):
+    assert main(["-h"]) is None
+    assert "moss-viz" in capsys.readouterr().out
+    assert main([f"out={tmp_path / 'a.png'}", "--cfg"]) is None
+    printed = capsys.readouterr().out
+    assert "window:" in printed and f"out: {tmp_path / 'a.png'}" in printed
+    assert not (tmp_path / "a.png").exists()

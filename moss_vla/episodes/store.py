@@ -189,8 +189,9 @@ def recover(root: zarr.Group, path: str | os.PathLike) -> RecoveryReport:
 class FrameChunkReader:
     """Whole frames of a one-frame-per-chunk uint8 array, read straight from its chunk files.
 
-    zarr's general read path (async tasks, selection indexing) costs about 4x the file read plus
-    Blosc decode for an 8-frame training window (benchmarks/episodes_bench.py). This reader is
+    zarr's general read path (async tasks, selection indexing) costs several times the file read plus
+    Blosc decode for an 8-frame training window (benchmarks/results/episodes.json, window_reads_per_s
+    T8 vs T8_zarr_read_path; docs/results.md section 4). This reader is
     used only when the array's metadata is exactly what it decodes (zarr v3 spec: regular
     (1, H, W, C) chunks, default "/" chunk keys, bytes + blosc codecs, fill value 0); otherwise
     `for_array` returns None and callers read through zarr.

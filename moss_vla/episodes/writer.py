@@ -69,7 +69,8 @@ class EpisodeWriter:
     store_meta: store-level attributes for a new store (fps, camera, display, ...); for an existing
     store `fps` must match, other differing keys are kept as stored (with a warning).
     queue_size: frames that may wait for the disk; when full the episode fails (never thinned).
-    image_compressor: Blosc codec name ("lz4" fast, "zstd" ~1.5x smaller, slower) and level for
+    image_compressor: Blosc codec name ("lz4" fast, "zstd" smaller and slower: compression_ratio in
+    benchmarks/results/episodes.json) and level for
     `data/image` of a new store (an existing store keeps its codec).
     """
 

@@ -1,6 +1,6 @@
 """GR00T N1.5 flow-matching action head: lerobot 0.4.4's ``FlowmatchingActionHead`` with our sizes.
 
-What it computes (DESIGN.md section 3): the VL features pass a LayerNorm and self-attention blocks; the
+What it computes (docs/design.md section 4.5): the VL features pass a LayerNorm and self-attention blocks; the
 state (B, 1, S) and the noised action chunk (B, H, A) are embedded (per-embodiment MLPs; action encoder
 = linear(action) ++ sinusoidal(timestep) -> linear + swish -> linear); the DiT runs on
 ``[state (1), future tokens (32, learned), action tokens (H)]`` with AdaLN timestep conditioning, even
@@ -31,8 +31,8 @@ diffusers' per-call ``inspect.signature``, and computes the last block's queries
 feed-forward, the output norm and the decoder for the action tokens only (the only rows read; keys and
 values still come from all tokens). Same function: equal to
 ``get_action`` on the same weights and noise up to float rounding (tests/test_action_head.py,
-max abs diff < 1e-5). Measured on the small preset's head: 494 instead of 1178 aten operators and 77
-instead of 95 MFLOP per chunk, about 2.2x faster; at the base preset (compute-bound) about 15%.
+max abs diff < 1e-5). Its operator count, FLOPs and time per chunk against ``get_action``:
+benchmarks/results/policy.json (docs/results.md section 3).
 """
 
 from __future__ import annotations
@@ -169,12 +169,13 @@ def select_embodiment(linear: CategorySpecificLinear, ids: Tensor) -> KV:
 class TracedSampler(nn.Module):
     """:meth:`ActionHead.integrate` as a module, for ``torch.jit.trace``.
 
-    At the small preset a chunk is ~500 small operators, and Python's per-operator overhead (module calls,
-    argument parsing) is a large part of their cost; a trace runs the same operators from TorchScript's
-    interpreter: 2.4 instead of 3.8 ms per chunk at small_fine (results/policy.json), same output
-    (tests). The trace holds the head's parameters themselves (not copies), so in-place weight updates
-    (``load_state_dict``) reach it. ``torch.export`` and ``make_fx`` graphs still run from Python (no
-    faster here); ``torch.compile`` cut the head to 3.0 ms but took 76 s to build."""
+    At the small preset a chunk is hundreds of small operators, and Python's per-operator overhead (module
+    calls, argument parsing) is a large part of their cost; a trace runs the same operators from
+    TorchScript's interpreter, with the same output (tests; time per chunk, traced vs eager:
+    benchmarks/results/policy.json, docs/results.md section 3). The trace holds the head's parameters
+    themselves (not copies), so in-place weight updates (``load_state_dict``) reach it. ``torch.export``
+    and ``make_fx`` graphs still run from Python (no faster here); ``torch.compile`` was faster per chunk
+    but slow to build for each input shape (docs/results.md section 3)."""
 
     def __init__(self, head: ActionHead) -> None:
         super().__init__()

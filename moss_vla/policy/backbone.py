@@ -1,4 +1,4 @@
-"""Vision-language backbone with ContextVLA compression (Jang et al. 2025; DESIGN.md section 3).
+"""Vision-language backbone with ContextVLA compression (Jang et al. 2025; docs/design.md section 4.4).
 
 Input: vision tokens of T frames (optionally average-pooled to ``pool_grid`` x ``pool_grid`` per frame)
 and instruction tokens. Sequence ``[frame_0, ..., frame_{T-1}, text]`` through pre-LN transformer blocks.

@@ -75,7 +75,7 @@ class BackboneConfig:
 
 @dataclass
 class ActionHeadConfig:
-    """GR00T N1.5 flow-matching action head (lerobot ``FlowmatchingActionHead``), DESIGN.md section 3."""
+    """GR00T N1.5 flow-matching head (lerobot ``FlowmatchingActionHead``), docs/design.md section 4.5."""
 
     hidden_size: int = 128  # state encoder / action decoder hidden width and DiT output width
     num_layers: int = 4  # DiT blocks; even ones cross-attend to the VL tokens, odd ones self-attend

@@ -176,11 +176,11 @@ class MossVLAPolicy(nn.Module):
         class 1 + i the label i.
 
         The max matters: a small moving stimulus lights up one or two tokens, and a mean over all of
-        them alone left the label at chance (README, Table 5 section)."""
+        them alone left the label at chance (docs/table5.md)."""
         if self.label_head is None:
             raise RuntimeError("this policy has no label head (trained with aux_label_weight = 0)")
         if self.config.aux_label_tokens == "current_frame":  # the turn of a circle lives in these tokens;
-            # pooled with the context and text tokens it stayed at chance (README, CW/CCW)
+            # pooled with the context and text tokens it stayed at chance (docs/table5.md, CW/CCW)
             frame = self.backbone.current_frame_positions()
             vl, vl_mask = vl[:, frame], vl_mask[:, frame]  # (B, n, D)
         m = vl_mask[..., None].to(vl.dtype)

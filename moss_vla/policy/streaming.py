@@ -27,8 +27,8 @@ What can be cached depends on the temporal window (``temporal.causal``):
 
 At reset the first frame is pushed T times, like the dataset repeats the first frame of an episode.
 
-The cache runs in ``torch.inference_mode`` (cheaper than ``no_grad`` per operator, about 10% of the
-cached encoding at the small preset): its tensors never enter autograd.
+The cache runs in ``torch.inference_mode`` (cheaper than ``no_grad`` per operator; the cached step's
+times are in benchmarks/results/policy.json, docs/results.md section 3): its tensors never enter autograd.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Frame-rate decimation by timestamp: a 30 FPS stream -> an even 10 Hz stream.
 
 ZED HD720 offers 15/30/60 FPS only and 15 FPS cannot give an even 100 ms spacing, so cameras grab
-at 30 FPS and keep every third frame (DESIGN.md section 5). Deciding by timestamp rather than by a
+at 30 FPS and keep every third frame (docs/design.md section 5.5). Deciding by timestamp rather than by a
 frame counter keeps the spacing even when the camera drops a frame.
 """
 

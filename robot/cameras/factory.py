@@ -11,22 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from moss_vla.config import plain
 from robot.display_crop import DisplayCrop
 from robot.interfaces import Camera
 
 CAMERA_TYPES = ("zed", "uvc", "replay", "sim")
-
-
-def _plain(cfg: Any) -> dict:
-    """A DictConfig (interpolations resolved) or mapping -> a plain dict."""
-    try:
-        from omegaconf import DictConfig, OmegaConf
-
-        if isinstance(cfg, DictConfig):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover - hydra is a core dependency
-        pass
-    return dict(cfg)
 
 
 def _pick(c: Mapping[str, Any], *keys: str) -> dict:
@@ -41,7 +30,7 @@ def make_camera(
 ) -> Camera:
     """The camera named by `cfg.type`. `sim` needs the rig's `clock` and the task's `render(t)`;
     `replay` paces on `clock` when realtime; `zed` / `uvc` stamp each frame's arrival on it."""
-    c = _plain(cfg)
+    c = dict(plain(cfg))
     kind = c.get("type")
     if kind == "zed":
         from robot.cameras.zed import ZedCamera
@@ -62,7 +51,7 @@ def make_camera(
         from robot.sim_camera import SimCamera
 
         if clock is None or render is None:
-            raise ValueError("camera=sim needs the rig's clock and the task's render(t) (see tasks/sim_rig.py)")
+            raise ValueError("camera=sim needs the rig's clock and the task's render(t) (see rig/sim_rig.py)")
         kwargs = _pick(c, "raw_size", "fps", "display_fps", "phase", "latency", "jitter_std", "blur_sigma",
                        "noise_std", "exposure_gain", "exposure_drift", "exposure_step_rate", "exposure_step_size",
                        "black_level", "scene_seed")
@@ -72,7 +61,7 @@ def make_camera(
 
 def make_display_crop(cfg: Any) -> DisplayCrop:
     """The display crop of a camera config (`crop` block; `corners: null` = whole image)."""
-    c = _plain(cfg)
+    c = dict(plain(cfg))
     if "crop" not in c or c["crop"] is None:
         raise ValueError(f"camera config of type {c.get('type')!r} has no `crop` block; see configs/camera/zed.yaml")
     return DisplayCrop.from_config(c["crop"])

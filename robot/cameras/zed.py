@@ -23,7 +23,7 @@ from robot.clock import Clock
 
 log = logging.getLogger(__name__)
 
-# HD720 offers 15/30/60 FPS only; 15 cannot be decimated to an even 10 Hz (DESIGN.md section 5)
+# HD720 offers 15/30/60 FPS only; 15 cannot be decimated to an even 10 Hz (docs/design.md section 5.5)
 _VALID_FPS = {"HD2K": (15,), "HD1080": (15, 30), "HD1200": (15, 30, 60), "HD720": (15, 30, 60),
               "SVGA": (15, 30, 60, 120), "VGA": (15, 30, 60, 100)}
 

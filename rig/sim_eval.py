@@ -166,8 +166,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     """Run `cfg.trials` trials of `cfg.task` with the checkpoint `cfg.checkpoint` (or a given policy)."""
     from tqdm import tqdm
 
+    from rig.sim_rig import build_sim_rig
     from robot.chunk_planner import make_controller
-    from tasks.sim_rig import build_sim_rig
 
     ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
     if policy is None:
@@ -223,10 +223,7 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     return report
 
 
-def eval_main(overrides: list[str]) -> int:
-    from tasks.sim_cli import compose_config
-
-    cfg = compose_config(overrides, config_name="sim_eval")
+def eval_main(cfg: DictConfig) -> int:
     try:
         report = evaluate(cfg)
     except (FileNotFoundError, ValueError) as e:  # bad checkpoint or seed range: the message says what to do

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from moss_vla.config import cli_config
+from moss_vla.config import cli_config, plain
 
 
 class RecordedActions:
@@ -88,23 +88,20 @@ def replay_episode(cfg: DictConfig, store: Any, index: int, policy: Any | None =
     from robot.mock_arm import ReplayArm
     from robot.safety import SafetyChecker, SafetyLimits
 
-    def _plain(c: Any) -> Any:
-        return OmegaConf.to_container(c, resolve=True) if isinstance(c, DictConfig) else c
-
     data = store.episode(index, keys=["state", "action", "timestamp"])
     meta = store.episode_meta(index)
     realtime = bool(cfg.realtime)
     clock = RealClock() if realtime else SimClock(0.0)
     camera = ReplayCamera(store.path, episodes=[index], realtime=realtime, clock=clock)
     crop = DisplayCrop.full_frame(camera.image_size, camera.image_size)  # stored frames: the policy's view
-    checker = SafetyChecker(SafetyLimits.from_config(_plain(cfg.arm.safety)))
+    checker = SafetyChecker(SafetyLimits.from_config(plain(cfg.arm.safety)))
     arm = ReplayArm(data["state"], data["timestamp"], safety=checker, strict=policy is None,
                     period=float(cfg.rig.period))
     controller = (RecordedActions(data["action"], data["timestamp"]) if policy is None
                   else OpenLoopProbe(policy, data["action"], data["timestamp"]))
     controller.reset()
     loop = ControlLoop(clock, camera, crop, arm, controller, str(meta.get("instruction", "")),
-                       safety=JointLimitSafety(**_plain(cfg.rig.safety)), period=float(cfg.rig.period),
+                       safety=JointLimitSafety(**plain(cfg.rig.safety)), period=float(cfg.rig.period),
                        # played as fast as read, recorded frames have no arrival times: the loop clock paces
                        sync=str(cfg.rig.loop_sync) if realtime else "clock")
     n = len(data["timestamp"])

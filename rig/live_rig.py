@@ -22,23 +22,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from moss_vla.config import plain
+from rig.sim_rig import task_targets
 from robot.cameras import make_camera, make_display_crop
 from robot.clock import RealClock
 from robot.display_crop import DisplayCrop
 from robot.interfaces import Arm, Camera
 from tasks import make_task
 from tasks.display_driver import DisplayProcess
-from tasks.sim_rig import task_targets
 from tasks.stimulus import StimulusState, StimulusTask
 from tasks.stimulus_link import StimulusSample
 from tasks.targets import TargetSet, check_taken_on
-
-
-def plain(cfg: Any) -> Any:
-    """A DictConfig -> plain containers (interpolations resolved); anything else unchanged."""
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 class DisplayStimulus:

@@ -53,11 +53,11 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
     after `cfg.max_minutes`. `on_episode(LiveEpisode)` sees every episode."""
     import torch
 
+    from rig.live_rig import build_live_rig
+    from rig.session import end_of_episode, run_live_episode
+    from rig.sim_eval import load_policy, markdown_table, plot_results, summarize, training_seeds
     from robot.chunk_planner import make_controller
-    from robot.rig_builder import build_live_rig
-    from robot.session import end_of_episode, run_live_episode
     from robot.stop_conditions import StopFlag
-    from tasks.sim_eval import load_policy, markdown_table, plot_results, summarize, training_seeds
 
     ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
     if policy is None:
@@ -151,8 +151,8 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robot.session import exit_code
-    from tasks.sim_eval import markdown_table
+    from rig.session import exit_code
+    from rig.sim_eval import markdown_table
 
     cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "trial", __doc__)
     if cfg is None:

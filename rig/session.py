@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from moss_vla.config import plain
+from rig.live_rig import LiveRig
 from robot.control_loop import ControlLoop, JointLimitSafety, LoopResult, StepInfo
-from robot.rig_builder import LiveRig, plain
 from robot.stop_conditions import CameraStall, MissedDeadlineStreak, StopFlag, Until
 from tasks.scoring import InteractionResult, ScoreSummary, score_interactions
 

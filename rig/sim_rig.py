@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from moss_vla.config import plain
+from robot.cameras.factory import make_camera, make_display_crop
 from robot.clock import SimClock
 from robot.control_loop import ControlLoop, JointLimitSafety, LoopResult, StepInfo
 from robot.display_crop import DisplayCrop
@@ -39,10 +41,6 @@ class EpisodeOutcome:
     times: np.ndarray  # (N,) arm state times (s, = stimulus time)
     q: np.ndarray  # (N, 7) arm joint positions at those times
     episode_index: int | None  # index in the store, None if not written (or not committed)
-
-
-def _plain(cfg: Any) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
 
 
 def label_targets(task_cfg: Mapping[str, Any], label_names: list[str]) -> dict[int, str]:
@@ -98,13 +96,13 @@ class SimRig:
 
     def store_meta(self) -> dict[str, Any]:
         """Store-level metadata of a simulated recording (camera, display, rig)."""
-        cam = _plain(self.cfg.camera)
+        cam = plain(self.cfg.camera)
         cam["crop"] = self.crop.to_config()
         return {
             "fps": round(1.0 / self.period, 6),
             "camera": cam,
             "display": {"screen_size": list(self.task.screen_size), "fps": float(self.cfg.camera.display_fps)},
-            "rig": {"type": "sim", "arm": _plain(self.cfg.arm), **_plain(self.cfg.rig)},
+            "rig": {"type": "sim", "arm": plain(self.cfg.arm), **plain(self.cfg.rig)},
         }
 
     def episode_meta(self, operator: str) -> dict[str, Any]:
@@ -133,7 +131,7 @@ class SimRig:
         episode (its clock, arm and camera move on): build a new one for the next."""
         if self.clock.now() != 0.0:
             raise RuntimeError("SimRig.run_episode: this rig already ran an episode; build_sim_rig(cfg, seed) again")
-        safety = JointLimitSafety(**_plain(self.cfg.rig.safety))
+        safety = JointLimitSafety(**plain(self.cfg.rig.safety))
         loop = ControlLoop(self.clock, self.camera, self.crop, self.arm, controller, self.task.instruction,
                            stimulus=self.stimulus, safety=safety, writer=writer, period=self.period,
                            camera_timeout=float(self.cfg.rig.camera_timeout), sync=str(self.cfg.rig.loop_sync))
@@ -173,14 +171,7 @@ def build_sim_rig(cfg: DictConfig, seed: int) -> SimRig:
     clock = SimClock(0.0)
     rng = np.random.default_rng([int(seed), 0xA12])
     q0 = targets.home.q + rng.normal(0.0, float(cfg.rig.home_noise), 7)
-    arm = SimArm.from_config(_plain(cfg.arm), clock, q0, gripper_width=float(cfg.teleop.get("gripper_width", 0.0)))
-    cc = cfg.camera
-    camera = SimCamera(
-        task.render, clock, display_corners=list(cc.display_corners), raw_size=tuple(cc.raw_size), fps=cc.fps,
-        display_fps=cc.display_fps, phase=cc.phase, latency=cc.latency, jitter_std=cc.jitter_std,
-        blur_sigma=cc.blur_sigma, noise_std=cc.noise_std, exposure_gain=tuple(cc.exposure_gain),
-        exposure_drift=cc.exposure_drift, exposure_step_rate=cc.exposure_step_rate,
-        exposure_step_size=cc.exposure_step_size, black_level=cc.black_level, seed=seed, scene_seed=cc.scene_seed,
-    )
-    crop = DisplayCrop.from_config(cc.crop)
+    arm = SimArm.from_config(plain(cfg.arm), clock, q0, gripper_width=float(cfg.teleop.get("gripper_width", 0.0)))
+    camera = make_camera(cfg.camera, clock=clock, render=task.render, seed=int(seed))
+    crop = make_display_crop(cfg.camera)
     return SimRig(cfg, int(seed), task, targets, label_to_target, clock, camera, crop, arm)

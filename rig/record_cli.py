@@ -30,12 +30,6 @@ from typing import Any
 from omegaconf import DictConfig
 
 from moss_vla.config import cli_config
-from moss_vla.config import compose_config as _compose
-
-
-def compose_config(overrides: list[str], config_name: str = "record") -> DictConfig:
-    """The composed `configs/<config_name>.yaml` (default: record) with hydra overrides."""
-    return _compose(overrides, config_name)
 
 
 def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> dict[str, Any]:
@@ -43,8 +37,8 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
     session report. `on_episode(LiveEpisode)` sees every episode (benchmarks collect the step times)."""
     from moss_vla.episodes import EpisodeWriter
     from moss_vla.episodes.check import check_store
-    from robot.rig_builder import build_live_rig
-    from robot.session import end_of_episode, make_scripted_operator, make_teleop_operator, run_live_episode
+    from rig.live_rig import build_live_rig
+    from rig.session import end_of_episode, make_scripted_operator, make_teleop_operator, run_live_episode
     from robot.stop_conditions import StopFlag
 
     out = Path(str(cfg.out))
@@ -115,7 +109,7 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from robot.session import exit_code
+    from rig.session import exit_code
 
     cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "record", __doc__)
     if cfg is None:

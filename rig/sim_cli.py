@@ -4,8 +4,9 @@
     moss-sim collect task=pongpredict episodes=2 out=/tmp/p.zarr overwrite=true teleop.reaction_time=[0.3,0.5]
     moss-sim collect --cfg task=pongpredict        # print the composed config and exit
 
-New subcommands register in SUBCOMMANDS: name -> "module:function", where the function takes the list
-of override strings and returns an exit code (imported only when used).
+New subcommands register in SUBCOMMANDS: name -> ("module:function", config name); the function takes
+the composed config and returns an exit code (imported only when used). `-h` and `--cfg` work as for
+every moss-* command (moss_vla/config.py).
 """
 
 from __future__ import annotations
@@ -17,20 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from moss_vla.config import compose_config as _compose
+from moss_vla.config import cli_config
 
-SUBCOMMANDS: dict[str, str] = {
-    "collect": "tasks.sim_cli:collect_main",
-    "eval": "tasks.sim_eval:eval_main",
-    "bench": "tasks.sim_bench:bench_main",
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("rig.sim_cli:collect_main", "sim"),
+    "eval": ("rig.sim_eval:eval_main", "sim_eval"),
+    "bench": ("rig.sim_bench:bench_main", "bench"),
 }
-
-
-def compose_config(overrides: list[str], config_name: str = "sim") -> DictConfig:
-    """The composed `configs/<config_name>.yaml` (default: sim) with hydra overrides."""
-    return _compose(overrides, config_name)
 
 
 def collect(cfg: DictConfig) -> dict[str, Any]:
@@ -39,7 +35,7 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
 
     from moss_vla.episodes import EpisodeWriter
     from moss_vla.episodes.check import check_store
-    from tasks.sim_rig import build_sim_rig
+    from rig.sim_rig import build_sim_rig
 
     out = Path(str(cfg.out))
     if out.exists():
@@ -92,17 +88,16 @@ def collect(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def collect_main(overrides: list[str]) -> int:
-    cfg = compose_config(overrides)
+def collect_main(cfg: DictConfig) -> int:
     report = collect(cfg)
     print(json.dumps(report, indent=2))
     return 0 if report["store_check"] == "ok" and report["loop_end_reasons"].keys() <= {"duration"} else 1
 
 
 def _usage() -> str:
-    return ("usage: moss-sim <subcommand> [--cfg] [key=value ...]   (hydra overrides of configs/sim.yaml)\n"
-            f"subcommands: {', '.join(SUBCOMMANDS)}\n"
-            "  --cfg   print the composed config and exit\n"
+    return ("usage: moss-sim <subcommand> [-h] [--cfg] [key=value ...]\n"
+            + "".join(f"  {name:8s} hydra overrides of configs/{cfg}.yaml\n" for name, (_, cfg) in SUBCOMMANDS.items())
+            + "  --cfg    print the composed config and exit\n"
             "example: moss-sim collect task=pongpredict episodes=50 out=data/pongpredict_sim.zarr")
 
 
@@ -117,15 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"moss-sim: unknown subcommand {name!r}\n{_usage()}", file=sys.stderr)
         return 2
-    if "-h" in rest or "--help" in rest:
-        print(_usage())
-        return 0
-    if "--cfg" in rest:
-        config_name = {"eval": "sim_eval", "bench": "bench"}.get(name, "sim")
-        print(OmegaConf.to_yaml(compose_config([a for a in rest if a != "--cfg"], config_name), resolve=True))
-        return 0
-    module, func = SUBCOMMANDS[name].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    target, config_name = SUBCOMMANDS[name]
+    module, func = target.split(":")
+    command = importlib.import_module(module)
+    cfg = cli_config(rest, config_name, f"moss-sim {name}: {(command.__doc__ or '').strip()}\n\n{_usage()}")
+    return 0 if cfg is None else int(getattr(command, func)(cfg) or 0)
 
 
 if __name__ == "__main__":

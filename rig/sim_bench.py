@@ -46,7 +46,7 @@ def _stage(msg: str) -> None:
 def run_bench(cfg: DictConfig) -> dict[str, Any]:
     """Collect -> train -> evaluate for every (task, policy, training seed); returns {task: {policy: eval
     report pooled over the seeds (see pool_seeds)}}."""
-    from tasks.sim_cli import collect
+    from rig.sim_cli import collect
 
     seeds = train_seeds(cfg)
     evaluation = eval_overrides(cfg)  # checked here: a bad one is refused before any collecting or training
@@ -100,7 +100,7 @@ def pool_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """One policy's evaluations, one per training seed ({seed: results.json + train_seconds}), as one
     report: every seed's trials summarised together (overall, per type, failures), the summed minutes,
     and under "seeds" each seed's own overall result and checkpoint. With one seed, that seed's report."""
-    from tasks.sim_eval import summarize
+    from rig.sim_eval import summarize
 
     first = next(iter(runs.values()))
     trials = [InteractionResult(**r) for rep in runs.values() for ep in rep["episode_log"] for r in ep["results"]]
@@ -229,7 +229,7 @@ def eval_overrides(cfg: DictConfig) -> tuple[str, ...]:
 def _run_job(job: PolicyJob) -> None:
     """Train (resuming an interrupted run exactly) and evaluate one policy, skipping what exists."""
     from moss_vla.train import train
-    from tasks.sim_eval import evaluate
+    from rig.sim_eval import evaluate
 
     if not job.ckpt.exists():
         _stage(f"training {job.name} for {job.steps} steps -> {job.run}")
@@ -502,8 +502,7 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> dict[str, Path]:
     return out
 
 
-def bench_main(overrides: list[str], config_name: str = "bench") -> int:
-    cfg = compose_config(overrides, config_name)
+def bench_main(cfg: DictConfig) -> int:
     bench = run_bench(cfg)
     out = write_results(cfg, bench)
     _stage(f"success rate (%) over closed-loop trials in the simulated rig, {bench['wall_seconds'] / 60:.1f} min")

@@ -2,7 +2,8 @@
 
     moss-calibrate task=movesense_lr arm=franka teleop=gamepad            # record bowls + home
     moss-calibrate task=pongpredict arm=sim teleop=keyboard out=/tmp/p.yaml
-    moss-calibrate crop camera=zed [--image FRAME.png]                    # robot/crop_calibration.py
+    moss-calibrate crop camera=zed [image=FRAME.png]                      # robot/crop_calibration.py
+    moss-calibrate --cfg task=pongpredict                                 # print the composed config
 
 Targets: jog the arm (EE or joint jog; snap keys move to the previously stored pose of a target),
 select the target name (keys.next / keys.prev), store the measured joint configuration under it
@@ -22,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf import DictConfig
 
+from moss_vla.config import cli_config
 from robot.fr3_kinematics import Q_READY
 from robot.interfaces import Arm
 from robot.safety import ArmError, SafetyChecker, UnsafeTargetError
@@ -192,18 +195,13 @@ def _make_arm(cfg: Any, clock: Any, q0: np.ndarray) -> tuple[Arm, SafetyChecker]
     raise SystemExit(f"moss-calibrate: unknown arm.type {kind!r} (arm=sim or arm=franka)")
 
 
-def calibrate_targets(overrides: Sequence[str], clock: Any = None, max_steps: int | None = None,
+def calibrate_targets(cfg: DictConfig, clock: Any = None, max_steps: int | None = None,
                       on_step: Callable[[int], None] | None = None, joystick: Any = None) -> bool:
-    """Compose configs/calibrate.yaml with hydra `overrides` and run the target calibration."""
-    from hydra import compose, initialize_config_dir
-
-    from moss_vla.paths import CONFIG_DIR
+    """Run the target calibration of the composed configs/calibrate.yaml."""
     from robot.clock import RealClock
     from robot.teleop.factory import make_teleop
     from tasks.targets import TargetSet, resolve_calibration
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="calibrate", overrides=list(overrides))
     names = target_names(cfg.task)
     calib = resolve_calibration(cfg.task.targets.calibration)
     out = Path(cfg.out) if cfg.get("out") else calib
@@ -249,7 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return crop_main(argv[1:])
     if argv and argv[0] == "targets":
         argv = argv[1:]
-    return 0 if calibrate_targets(argv) else 1
+    cfg = cli_config(argv, "calibrate", __doc__)
+    return 0 if cfg is None or calibrate_targets(cfg) else 1
 
 
 if __name__ == "__main__":
