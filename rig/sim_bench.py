@@ -50,6 +50,7 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
 
     seeds = train_seeds(cfg)
     evaluation = eval_overrides(cfg)  # checked here: a bad one is refused before any collecting or training
+    collecting = [str(o) for o in cfg.get("collect_overrides") or []]  # e.g. teleop=human_like
     work = Path(str(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     table: dict[str, dict[str, Any]] = {}
@@ -60,11 +61,13 @@ def run_bench(cfg: DictConfig) -> dict[str, Any]:
         if not (work / f"{task}.collect.json").exists():
             _stage(f"{task}: collecting {cfg.episodes} scripted episodes -> {store}")
             report = collect(compose_config([f"task={task}", f"episodes={cfg.episodes}", f"out={store}",
-                                              f"base_seed={cfg.collect_seed}", "overwrite=true"], "sim"))
+                                              f"base_seed={cfg.collect_seed}", "overwrite=true", *collecting], "sim"))
             print(f"scripted operator success {100 * report['operator_success_rate']:.1f}% "
                   f"({report['interactions']} interactions, {report['wall_seconds']:.0f} s)")
-            (work / f"{task}.collect.json").write_text(json.dumps(report, indent=1))
-        report = check_collection(work / f"{task}.collect.json", int(cfg.episodes), int(cfg.collect_seed))
+            (work / f"{task}.collect.json").write_text(json.dumps({**report, "collect_overrides": collecting},
+                                                                  indent=1))
+        report = check_collection(work / f"{task}.collect.json", int(cfg.episodes), int(cfg.collect_seed),
+                                  collecting)
         collection[task] = {k: report[k] for k in ("episodes", "frames", "interactions", "operator_success_rate",
                                                    "wall_seconds")}
         table[task] = {}
@@ -114,14 +117,16 @@ def pool_seeds(runs: dict[int, dict[str, Any]]) -> dict[str, Any]:
                       for seed, rep in runs.items()}}
 
 
-def check_collection(report_path: Path, episodes: int, collect_seed: int) -> dict[str, Any]:
+def check_collection(report_path: Path, episodes: int, collect_seed: int,
+                     overrides: Sequence[str] = ()) -> dict[str, Any]:
     """The collection report at `report_path`; refuses a store collected with other settings than this
     bench asks for (it would be reused)."""
     report = json.loads(report_path.read_text())
-    found = (report["episodes"], report["seeds"][0])
-    if found != (episodes, collect_seed):
-        raise ValueError(f"{report_path}: the store was collected with episodes={found[0]}, collect_seed={found[1]}; "
-                         f"this bench asks for episodes={episodes}, collect_seed={collect_seed}: give this bench "
+    found = (report["episodes"], report["seeds"][0], report.get("collect_overrides", []))
+    if found != (episodes, collect_seed, list(overrides)):
+        raise ValueError(f"{report_path}: the store was collected with episodes={found[0]}, collect_seed={found[1]}, "
+                         f"collect_overrides={found[2]}; this bench asks for episodes={episodes}, "
+                         f"collect_seed={collect_seed}, collect_overrides={list(overrides)}: give this bench "
                          f"its own work_dir, or delete {report_path} and its store")
     return report
 
@@ -466,8 +471,10 @@ def recipe_text(cfg: Mapping[str, Any]) -> str:
     the `config` saved in its results JSON (files written before `train_seeds` existed trained seed 0)."""
     seeds = list(cfg.get("train_seeds") or [0])
     evaluation = list(cfg.get("eval_overrides") or [])
+    collecting = list(cfg.get("collect_overrides") or [])
     return ", ".join([f"{cfg['preset']}", f"{cfg['steps']} steps", f"training seed{'s' * (len(seeds) > 1)} "
                       + ", ".join(map(str, seeds)), *cfg["train_overrides"]]
+                     + ([f"collected with {', '.join(collecting)}"] if collecting else [])
                      + ([f"evaluated with {', '.join(evaluation)}"] if evaluation else []))
 
 
