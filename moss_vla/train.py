@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
 from moss_vla.config import cli_config
+from moss_vla.device import resolve_device
 from moss_vla.training_data import build_datasets, label_classes
 
 TRAIN_STATE = "training_state.pt"
@@ -107,12 +108,7 @@ def _dist_setup(device_cfg: str) -> tuple[int, int, torch.device]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_cfg == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(device_cfg)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError(f"device={device_cfg} was asked for, but torch sees no CUDA device; use device=cpu")
+    device = resolve_device(device_cfg, local)  # auto | cpu | cuda | cuda:N (moss_vla/device.py)
     if world > 1 and not torch.distributed.is_initialized():
         torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world, device

@@ -147,12 +147,13 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("checkpoint"):
         import torch
 
+        from moss_vla.device import resolve_device
         from moss_vla.policy import MossVLAPolicy
 
         if int(cfg.threads) > 0:  # see configs/replay.yaml
             torch.set_num_threads(int(cfg.threads))
         policy = MossVLAPolicy.from_pretrained(str(cfg.checkpoint))
-        policy.eval()
+        policy.to(resolve_device(cfg.get("device", "auto"))).eval()  # bf16 autocast on a GPU (moss_vla/device.py)
     reports = [replay_episode(cfg, store, i, policy)
                for i in tqdm(episodes, desc="replay", unit="ep", disable=not cfg.progress)]
     out: dict[str, Any] = {"store": str(store_path.resolve()), "mode": "policy" if policy is not None else "actions",

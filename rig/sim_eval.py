@@ -144,12 +144,13 @@ INFERENCE_SETTINGS = {"n_action_steps": int, "inference_seed": int, "use_cache":
 def load_policy(cfg: DictConfig, command: str) -> Any:
     """The policy of `cfg.checkpoint` in eval mode, or a clear error naming the missing directory."""
     from moss_vla.policy import MossVLAPolicy
+    from moss_vla.device import resolve_device
 
     ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
     if ckpt is None or not ckpt.exists():
         raise FileNotFoundError(f"{command}: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
                                 f"directory moss-train wrote, e.g. runs/<run>/checkpoints/latest")
-    policy = MossVLAPolicy.from_pretrained(ckpt)
+    policy = MossVLAPolicy.from_pretrained(ckpt).to(resolve_device(cfg.get("device", "auto")))
     # inference choices, not part of the trained model (null keeps the checkpoint's); set together because
     # they constrain each other (temporal ensembling needs n_action_steps = 1), checked by the config
     settings = {k: cast(cfg[k]) for k, cast in INFERENCE_SETTINGS.items() if cfg.get(k) is not None}

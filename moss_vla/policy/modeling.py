@@ -26,6 +26,7 @@ from lerobot.policies.act.modeling_act import ACTTemporalEnsembler
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from moss_vla.device import autocast
 from moss_vla.policy.action_head import ActionHead
 from moss_vla.policy.backbone import VLBackbone
 from moss_vla.policy.configuration import MossVLAConfig
@@ -62,6 +63,11 @@ class MossVLAPolicy(nn.Module):
         # MossVLAConfig.aux_label_weight / aux_label_tokens)
         self.label_head = (nn.Linear(2 * config.backbone.hidden_size, config.aux_label_classes)
                            if config.aux_label_classes else None)
+        self._init_loop_state()
+
+    def _init_loop_state(self) -> None:
+        """The 10 Hz loop's state: frame window, streaming cache, queued actions, instruction cache."""
+        config = self.config
         self.cache = FrameCache(self)
         self._raw_frames: deque[Tensor] = deque(maxlen=config.n_frames)
         self._actions: deque[np.ndarray] = deque()
@@ -252,7 +258,8 @@ class MossVLAPolicy(nn.Module):
         self._obs_state(obs)
         pixels = torch.from_numpy(image).to(self.device).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, S, S)
         if cfg.use_cache:
-            self.cache.push(pixels)
+            with autocast(self.device):  # bf16 on a GPU, nothing on the CPU
+                self.cache.push(pixels)
         else:
             while len(self._raw_frames) < cfg.n_frames - 1:  # episode start: repeat the first frame
                 self._raw_frames.append(pixels)
@@ -263,8 +270,13 @@ class MossVLAPolicy(nn.Module):
         """Action chunk (H, A) float32 for the steps from this one on, from the window :meth:`observe`
         built (its newest frame must be ``obs``'s) and ``obs``'s state and instruction."""
         self._require_stats()
-        cfg = self.config
         state_t = torch.from_numpy(self._obs_state(obs))[None].to(self.device)
+        with autocast(self.device):  # bf16 on a GPU, nothing on the CPU
+            chunk = self._plan_chunk(obs, state_t)
+        return chunk[0].float().cpu().numpy()
+
+    def _plan_chunk(self, obs: dict[str, Any], state_t: Tensor) -> Tensor:
+        cfg = self.config
         if cfg.use_cache:
             instruction = obs["instruction"]
             if instruction not in self._text_cache:
@@ -275,7 +287,7 @@ class MossVLAPolicy(nn.Module):
             window = torch.stack(list(self._raw_frames), 1)  # (1, T, 3, S, S)
             chunk = self.predict_action_chunk(
                 {"image": window, "state": state_t, "instruction": obs["instruction"]}, cfg.inference_seed)
-        return chunk[0].cpu().numpy()
+        return chunk
 
     # ---- inference-only speed-ups ----------------------------------------------------------------------
     def fold_for_inference(self) -> None:
@@ -305,6 +317,11 @@ class MossVLAPolicy(nn.Module):
         a mismatch raises an error listing each differing key with expected and actual values.
         """
         directory = Path(directory)
+        if (directory / CONFIG_NAME).is_file() and _is_groot_n15(json.loads((directory / CONFIG_NAME).read_text())):
+            # model=groot_n15 checkpoints load through the same door
+            from moss_vla.groot_n15.policy import GrootN15Policy
+
+            return GrootN15Policy.from_pretrained(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a MossVLAPolicy checkpoint "
@@ -358,5 +375,16 @@ def check_same_architecture(expected: MossVLAConfig, actual: MossVLAConfig, sour
 
 
 def make_policy(cfg_policy: Any, cfg_model: Any, stats: dict[str, Any] | None = None) -> MossVLAPolicy:
-    """Build a policy from the hydra groups ``policy`` and ``model`` and the dataset statistics."""
+    """Build a policy from the hydra groups ``policy`` and ``model`` and the dataset statistics
+    (``model=groot_n15``: the bridge to the real GR00T N1.5, moss_vla/groot_n15/)."""
+    if _is_groot_n15(cfg_model):
+        from moss_vla.groot_n15.policy import GrootN15Config, GrootN15Policy
+
+        return GrootN15Policy(GrootN15Config.from_hydra(cfg_policy, cfg_model), stats)
     return MossVLAPolicy(MossVLAConfig.from_hydra(cfg_policy, cfg_model), stats)
+def _is_groot_n15(cfg: Any) -> bool:
+    from moss_vla.groot_n15.configuration import is_groot_n15  # imported here: groot_n15 imports this package
+
+    return is_groot_n15(cfg)
+
+

@@ -57,10 +57,12 @@ def load_siglip(cfg: VisionConfig) -> SiglipVisionModel:
 class VisionTower(nn.Module):
     """(B, T, 3, S, S) frames in [0, 1] -> (B, T, h*w, C) tokens (after SigLIP's post LayerNorm)."""
 
-    def __init__(self, cfg: VisionConfig, temporal: TemporalConfig) -> None:
+    def __init__(self, cfg: VisionConfig, temporal: TemporalConfig, siglip: SiglipVisionModel | None = None) -> None:
+        """``siglip``: a prebuilt SigLIP to run (its modules are used, not copied), e.g. the one inside
+        GR00T N1.5's Eagle model; by default it is built (or loaded) from ``cfg``."""
         super().__init__()
         self.cfg = cfg
-        siglip = load_siglip(cfg).vision_model
+        siglip = (siglip or load_siglip(cfg)).vision_model
         self.embeddings = siglip.embeddings
         self.layers = siglip.encoder.layers
         self.post_layernorm = siglip.post_layernorm
