@@ -241,3 +241,16 @@ def test_model_groot_n15_composes_with_every_policy_variant(assets):
     assert isinstance(make_policy(cfg.policy, cfg.model, ph.stats()), GrootN15Policy)
     with pytest.raises(ValueError, match="aux_label_weight > 0 is not supported"):
         GrootN15Config.from_hydra({**dict(cfg.policy), "aux_label_weight": 1.0}, cfg.model)
+
+
+def test_moss_check_writes_one_report(assets, tmp_path):
+    from moss_vla.groot_n15.check import main, run_check
+
+    over = {"input_image_size": gh.IMAGE, "vision": {"temporal_after_layer": 2}, "gradient_checkpointing": False}
+    report = run_check(str(assets[0]), str(assets[1]), "cpu", batch_sizes=(2,), steps=1, select_steps=2,
+                       overrides=over)
+    assert report["zero_init_equality"]["max_abs_diff"] < 1e-5, report["zero_init_equality"]
+    assert report["zero_init_equality"]["prompt_ids_equal"]
+    assert report["training_batch_2"]["step_s"] > 0 and report["select_action"]["cached_ms"] > 0
+    assert report["parameters"]["moss"] > 0 and report["machine"]["device"] == "cpu"
+    assert main(["groot_n15", f"pretrained_path={tmp_path}", f"tokenizer_path={assets[1]}"]) == 1  # names the file

@@ -53,10 +53,11 @@ class _WindowFeatures:
 class GrootN15Policy(MossVLAPolicy):
     """GR00T N1.5-3B (lerobot 0.4.4) + MOSS + ContextVLA behind MossVLAPolicy's interface.
 
-    ``groot``: a lerobot ``GR00TN15`` to wrap (default: loaded from ``config.pretrained_path``)."""
+    ``groot``: a lerobot ``GR00TN15`` to wrap (default: loaded from ``config.pretrained_path``);
+    ``prompt``: what turns instructions into Eagle prompt ids (default: the processor in ``tokenizer_path``)."""
 
     def __init__(self, config: GrootN15Config, stats: dict[str, Any] | None = None,
-                 groot: nn.Module | None = None) -> None:
+                 groot: nn.Module | None = None, prompt: Any = None) -> None:
         nn.Module.__init__(self)
         config.validate()
         self.config = config
@@ -72,7 +73,7 @@ class GrootN15Policy(MossVLAPolicy):
                                   config.backbone.context_compression, config.backbone.compress_after)
         set_trainable(groot, config.tune_llm, config.tune_visual, config.tune_projector, config.tune_diffusion_model)
         self.model.set_gradient_checkpointing(config.gradient_checkpointing)
-        self.prompt = EaglePrompt(config.tokenizer_path)
+        self.prompt = prompt if prompt is not None else EaglePrompt(config.tokenizer_path)
         self.normalizer = Normalizer(config.state_dim, config.action_dim, config.normalization, stats)
         self.label_head = None
         self.backbone = _WindowFeatures(self.model)

@@ -140,12 +140,12 @@ def build_eagle_model(config):
 
 
 @contextmanager
-def lerobot_offline(tokenizer_dir: str | Path, attn: str | None = None) -> Iterator[Any]:
+def lerobot_offline(tokenizer_dir: Any, attn: str | None = None) -> Iterator[Any]:
     """While active, lerobot's ``EagleBackbone`` / ``GR00TN15`` read everything from local directories
-    (``tokenizer_dir`` for the Eagle config; ``GR00TN15.from_pretrained`` from the path it is given) and
+    (``tokenizer_dir`` for the Eagle config, or an ``Eagle25VLConfig`` itself; ``GR00TN15.from_pretrained`` from the path it is given) and
     never reach the hub. Yields the ``groot_n1`` module."""
     groot_n1 = groot_module()
-    config = eagle_config(tokenizer_dir, attn)
+    config = tokenizer_dir if hasattr(tokenizer_dir, "vision_config") else eagle_config(tokenizer_dir, attn)
 
     def no_cache(*args: Any, **kwargs: Any) -> None:  # would copy files and download tokenizer assets
         return None
