@@ -2,7 +2,8 @@
 
   moss-data info PATH [--json]             episodes, frames, tasks, duration, success labels
   moss-data check PATH [--quick]           validate the store; exit code 0 (ok) or 1 (problems)
-  moss-data repair PATH                    truncate uncommitted data left by an interrupted writer
+  moss-data repair PATH [--drop-damaged]   truncate uncommitted data left by an interrupted writer; with
+                                           --drop-damaged also drop episodes holding damaged chunks
   moss-data export-lerobot SRC DST         write a LeRobotDataset (v3.0, video) for lerobot 0.4.4
 
 It takes store paths, not a hydra config: `moss-data --cfg` says so (the other moss-* commands print
@@ -16,6 +17,7 @@ import json
 import logging
 import sys
 
+from moss_vla.command import command
 from moss_vla.episodes.schema import SchemaError
 from moss_vla.episodes.store import StoreError
 
@@ -64,12 +66,27 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _repair(args: argparse.Namespace) -> int:
+    from moss_vla.episodes.check import check_store
+    from moss_vla.episodes.repair import drop_damaged, finish_interrupted_repair
     from moss_vla.episodes.store import open_root, read_store_meta
     from moss_vla.episodes.writer import EpisodeWriter
 
+    finished = finish_interrupted_repair(args.path)
+    if finished:
+        print(finished)
     shape = tuple(read_store_meta(open_root(args.path), args.path)["image_shape"])
-    with EpisodeWriter(args.path, image_shape=shape) as w:  # opening for writing is the repair
+    with EpisodeWriter(args.path, image_shape=shape) as w:  # opening for writing truncates uncommitted data
         print(w.recovery)
+    damaged = check_store(args.path, images=True).damaged_episodes
+    if not damaged:
+        return 0
+    if not args.drop_damaged:
+        print(f"error: episodes {sorted(damaged)} hold damaged chunks (moss-data check {args.path} names them); "
+              f"pass --drop-damaged to write the store again without them", file=sys.stderr)
+        return 1
+    report = drop_damaged(args.path, damaged)
+    print(f"{args.path}: dropped damaged episodes {report['dropped_episodes']}, kept {report['kept_episodes']}; "
+          f"the damaged store is kept at {report['damaged_store_kept_at']}")
     return 0
 
 
@@ -97,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_check)
     p = sub.add_parser("repair", help="truncate uncommitted data of an interrupted writer")
     p.add_argument("path")
+    p.add_argument("--drop-damaged", action="store_true",
+                   help="write the store again without the episodes that hold damaged chunks (crash-safe; the "
+                        "damaged store is kept as <path>.damaged-<time>)")
     p.set_defaults(func=_repair)
     p = sub.add_parser("export-lerobot", help="write a LeRobotDataset v3.0 (lerobot 0.4.4)")
     p.add_argument("src")
@@ -109,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+@command("moss-data")
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--cfg" in argv:  # answered like the other moss-* commands, which print their composed config

@@ -24,7 +24,7 @@ from moss_vla.episodes.schema import (
     SCHEMA_VERSION,
     frame_keys,
 )
-from moss_vla.episodes.store import EpisodeStore, writer_pid
+from moss_vla.episodes.store import EpisodeStore, StoreError, chunk_problems, open_node, read_ends, writer_pid
 
 
 @dataclass
@@ -34,6 +34,7 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
     n_episodes: int = 0
     n_frames: int = 0
+    damaged_episodes: set[int] = field(default_factory=set)  # episodes holding a damaged chunk (repair drops them)
 
     @property
     def ok(self) -> bool:
@@ -79,9 +80,12 @@ def check_store(path: str | os.PathLike, images: bool = True, progress: bool = F
     for name, spec in specs.items():
         key = f"data/{name}"
         try:
-            arr = root[key]
+            arr = open_node(root, key, p)
         except KeyError:
             err(f"{p}: missing key {key} ({spec.dtype} {('N', *spec.frame_shape)})")
+            continue
+        except StoreError as exc:
+            err(str(exc))
             continue
         if not isinstance(arr, zarr.Array):
             err(f"{p}/{key}: is a group, expected an array")
@@ -92,13 +96,16 @@ def check_store(path: str | os.PathLike, images: bool = True, progress: bool = F
             err(f"{p}/{key}: frames of shape {tuple(arr.shape[1:])}, expected {spec.frame_shape}")
         arrays[name] = arr
     try:
-        ends_arr = root[EPISODE_ENDS]
+        ends_arr = open_node(root, EPISODE_ENDS, p)
+        if ends_arr.dtype != np.int64 or ends_arr.ndim != 1:
+            err(f"{p}/{EPISODE_ENDS}: wrong dtype/shape {ends_arr.dtype} {ends_arr.shape}, expected int64 (E,)")
+        ends = read_ends(ends_arr, p)
     except KeyError:
         err(f"{p}: missing key {EPISODE_ENDS} (int64 cumulative episode ends, the commit point)")
         return res
-    if ends_arr.dtype != np.int64 or ends_arr.ndim != 1:
-        err(f"{p}/{EPISODE_ENDS}: wrong dtype/shape {ends_arr.dtype} {ends_arr.shape}, expected int64 (E,)")
-    ends = np.asarray(ends_arr[:], dtype=np.int64)
+    except StoreError as exc:
+        err(str(exc))
+        return res
 
     # ---- episode ends and the committed metadata
     if len(ends) and ends[0] <= 0:
@@ -157,6 +164,17 @@ def check_store(path: str | os.PathLike, images: bool = True, progress: bool = F
                     for k in specs)
     if not (ends_ok and arrays_ok):
         return res  # value checks need ordered ends and every array present and long enough
+
+    # ---- every chunk of the committed range present and whole (checksum / Blosc header), before any decoding
+    committed = ends[:n_ok]
+    damaged = [c for k in specs for c in chunk_problems(root, p, k, committed, read_bytes=images or k != "image")]
+    for c in damaged:
+        err(str(c))
+        res.damaged_episodes.update(c.episodes)
+    if damaged:
+        err(f"{p}: {len(res.damaged_episodes)} episode(s) hold damaged chunks; `moss-data repair {p} --drop-damaged` "
+            f"writes the store again without them (the damaged one is kept beside it)")
+        return res  # decoding a damaged chunk can crash the decoder
 
     # ---- values per episode
     small = {k: arrays[k][:end] for k in specs if k != "image"}

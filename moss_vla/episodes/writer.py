@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
 from moss_vla.episodes.schema import (
@@ -38,6 +38,7 @@ from moss_vla.episodes.schema import (
     validate_episode_meta,
 )
 from moss_vla.episodes.store import (
+    CHUNKS_ATTR,
     RecoveryReport,
     committed_episodes,
     open_root,
@@ -110,8 +111,11 @@ class EpisodeWriter:
             raise
         if not self.recovery.clean:
             log.warning("recovered %s", self.recovery)
-        self._arrays = {k: self.root[f"data/{k}"] for k in self.specs}
-        self._ends = self.root[EPISODE_ENDS]
+        # every chunk is written, all-zero ones too: a chunk file missing from the committed range is damage
+        # (store.py), never a frame that happened to be black
+        every_chunk = {"write_empty_chunks": True}
+        self._arrays = {k: self.root[f"data/{k}"].with_config(every_chunk) for k in self.specs}
+        self._ends = self.root[EPISODE_ENDS].with_config(every_chunk)
         self._metas: list[dict[str, Any]] = list(committed_episodes(self._ends, self.path))
         self._end = self.recovery.committed_frames  # committed frame count
         self._capacity = self._arrays["image"].shape[0]  # image slots allocated (>= _end)
@@ -136,10 +140,12 @@ class EpisodeWriter:
         kill during creation never leaves a half-made store at `path`."""
         meta = default_store_meta(self.image_shape)
         user = to_jsonable(dict(store_meta or {}), "store_meta")
+        user.pop(CHUNKS_ATTR, None)  # how another store's chunks were written (a copied store_meta): set below
         for k in ("format", "schema_version", "image_shape", "keys"):
             if k in user:
                 raise SchemaError(f"store_meta key {k!r} is set by the writer; remove it")
         meta.update(user)
+        meta[CHUNKS_ATTR] = {"all_written": True, "checksum": "crc32c"}  # store.py: damaged chunks
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for stale in self.path.parent.glob(f"{self.path.name}.creating-*"):
             if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
@@ -153,9 +159,10 @@ class EpisodeWriter:
             data.create_array(
                 spec.name, shape=(0, *spec.frame_shape), dtype=spec.dtype,
                 chunks=(spec.chunk_frames, *spec.frame_shape),
-                # images: no shuffle (bytes), a fast codec; small arrays: byte shuffle helps floats
-                compressors=BloscCodec(cname=cname if is_image else "zstd", clevel=clevel if is_image else 3,
-                                       shuffle="noshuffle" if is_image else "shuffle"),
+                # images: no shuffle (bytes), a fast codec; small arrays: byte shuffle helps floats; then a
+                # crc32c checksum, so a truncated or overwritten chunk is a clean error, not a decoder crash
+                compressors=[BloscCodec(cname=cname if is_image else "zstd", clevel=clevel if is_image else 3,
+                                        shuffle="noshuffle" if is_image else "shuffle"), Crc32cCodec()],
                 fill_value=0,
             )
         root.create_group("meta").create_array(
@@ -189,6 +196,7 @@ class EpisodeWriter:
             raise SchemaError(f"{self.path}: {EPISODE_ENDS} is missing; run `moss-data check {self.path}`")
         if store_meta:
             user = to_jsonable(dict(store_meta), "store_meta")
+            user.pop(CHUNKS_ATTR, None)  # describes the chunks of the store it was written with, not this one
             if "fps" in user and user["fps"] != attrs.get("fps"):
                 raise SchemaError(f"{self.path}: recorded at fps={attrs.get('fps')}, this writer was given "
                                   f"fps={user['fps']}; use a new store for a different frame rate")
