@@ -30,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from tqdm import tqdm
 
-from moss_vla.config import cli_config
+from moss_vla.command import ConfigError, command
+from moss_vla.config import Rule, cli_config, flag, integer, number
 from moss_vla.device import resolve_device
 from moss_vla.training_data import build_datasets, label_classes
 
@@ -199,9 +200,11 @@ def save_checkpoint(run_dir: Path, step: int, policy, optimizer, scheduler, cfg:
     shutil.copy(run_dir / "training_data.json", tmp / "training_data.json")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    latest = ckpt_root / "latest"
-    latest.unlink(missing_ok=True)
-    latest.symlink_to(final.name)
+    # the new `latest` link is made beside the old one and renamed over it: a kill never leaves none
+    tmp_link = ckpt_root / f".latest-{os.getpid()}"
+    tmp_link.unlink(missing_ok=True)
+    tmp_link.symlink_to(final.name)
+    os.replace(tmp_link, ckpt_root / "latest")
     return final
 
 
@@ -462,18 +465,54 @@ def train(cfg: DictConfig) -> TrainResult:
     return TrainResult(final, policy, step)
 
 
+# every value moss-train checks before it reads a store or creates its run directory (types come from configs/)
+TRAIN_RULES: dict[str, Rule] = {
+    "steps": integer(1, hint="training steps, e.g. steps=2000"),
+    "batch_size": integer(1, hint="windows per step, e.g. batch_size=16"),
+    "seed": integer(0),
+    "log_every": integer(1), "val_every": integer(1), "val_batches": integer(1), "ckpt_every": integer(1),
+    "amp": flag(),
+    "data.num_workers": integer(0),
+    "optim.lr": number(above=0, hint="e.g. optim.lr=1e-3"),
+    "optim.weight_decay": number(lo=0),
+    "optim.warmup_steps": integer(0),
+    "optim.min_lr_ratio": number(0, 1),
+    "optim.grad_clip": number(above=0),
+    "policy.n_frames": integer(1, hint="frames per observation window, e.g. 8"),
+    "policy.n_action_steps": integer(1),
+    "policy.aux_label_weight": number(lo=0),
+    "model.action_head.horizon": integer(1),
+}
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """What TRAIN_RULES cannot say: the device string and the stores to train on (before any work)."""
+    device = str(cfg.device)
+    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:") and device[5:].isdigit()):
+        raise ConfigError(f"moss-train: device={device!r} must be auto, cpu, cuda or cuda:N")
+    paths = [cfg.data.paths] if isinstance(cfg.data.paths, str) else list(cfg.data.paths)
+    if not paths:
+        raise ConfigError("moss-train: data.paths=[] names no episode store; e.g. data.paths=[data/x.zarr]")
+    missing = [str(p) for p in paths if not Path(str(p)).exists()]
+    if missing:
+        raise ConfigError(f"moss-train: data.paths: {', '.join(missing)} does not exist; pass episode stores "
+                          f"written by moss-sim collect or moss-record")
+
+
+@command("moss-train")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     # hydra's own message for a missing data.paths is cryptic: say what to pass
     if not any(a.startswith(("data.paths=", "--help", "-h", "--cfg")) for a in argv):
-        sys.exit("moss-train: pass the episode store(s) to train on, e.g. "
-                 "moss-train data.paths=[data/movesense_lr.zarr] policy=moss model=small")
+        raise ConfigError("moss-train: pass the episode store(s) to train on, e.g. "
+                          "moss-train data.paths=[data/movesense_lr.zarr] policy=moss model=small")
     resume = next((a.split("=", 1)[1] for a in argv if a.startswith("resume=")), None)
     if resume and not any(a.startswith("out_dir=") for a in argv):
         # continue in the run directory the checkpoint belongs to (<run>/checkpoints/step_N)
         argv.append(f"out_dir={Path(resume).resolve().parent.parent}")
-    cfg = cli_config(argv, "train", __doc__)
+    cfg = cli_config(argv, "train", __doc__, TRAIN_RULES)
     if cfg is not None:
+        check_train_config(cfg)
         train(cfg)
     return 0
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from moss_vla.command import command
 from moss_vla.config import cli_config, plain
 from moss_vla.stss import check_window, stss, vectorise
 from moss_vla.toy_clip import ToyClip, make_toy_clip
@@ -174,6 +175,7 @@ def main(argv: Sequence[str] | None = None) -> Path | None:
     return out
 
 
+@command("moss-viz")
 def cli(argv: Sequence[str] | None = None) -> int:
     """The `moss-viz` entry point: exit status 0 once the figure is written (or the help / config printed)."""
     main(argv)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from moss_vla.command import command
 from moss_vla.config import cli_config
 from robot.fr3_kinematics import Q_READY
 from robot.interfaces import Arm
@@ -235,6 +236,7 @@ def calibrate_targets(cfg: DictConfig, clock: Any = None, max_steps: int | None 
         teleop.device.close()
 
 
+@command("moss-calibrate")
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

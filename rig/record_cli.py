@@ -29,7 +29,18 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from moss_vla.config import cli_config
+from moss_vla.command import command
+from moss_vla.config import cli_config, flag, integer, number, one_of
+
+
+def record_rules() -> dict:
+    """What moss-record (and moss-trial, on top of it) checks before it starts the rig."""
+    from rig.sim_rig import RIG_RULES
+
+    return {**RIG_RULES, "episodes": integer(1), "seed": integer(0), "max_minutes": number(above=0, optional=True),
+            "overwrite": flag(), "on_interrupt": one_of("discard", "commit"),
+            "display_headless": flag(optional=True), "progress": flag(), "loop.stall_timeout": number(above=0),
+            "loop.max_missed_streak": integer(1), "scripted_speed_factor": number(above=0)}
 
 
 def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> dict[str, Any]:
@@ -108,10 +119,11 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
     return report
 
 
+@command("moss-record")
 def main(argv: list[str] | None = None) -> int:
     from rig.session import exit_code
 
-    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "record", __doc__)
+    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "record", __doc__, record_rules())
     if cfg is None:
         return 0
     report = record(cfg)

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from moss_vla.config import cli_config, plain
+from moss_vla.command import ConfigError, command
+from moss_vla.config import cli_config, flag, integer, plain
 
 
 class RecordedActions:
@@ -142,6 +143,9 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
     if not store_path.exists():
         raise FileNotFoundError(f"moss-replay: store={store_path} does not exist")
     store = EpisodeStore(store_path)
+    if cfg.episode is not None and not 0 <= int(cfg.episode) < store.n_episodes:
+        raise ConfigError(f"moss-replay: episode={cfg.episode} is not in {store_path}, which has {store.n_episodes} "
+                          f"episode(s) (0..{store.n_episodes - 1}); or episode=null for all")
     episodes = list(range(store.n_episodes)) if cfg.episode is None else [int(cfg.episode)]
     policy = None
     if cfg.get("checkpoint"):
@@ -175,8 +179,13 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+REPLAY_RULES = {"episode": integer(0, optional=True, hint="an episode index of the store, or null for all"),
+                "threads": integer(0), "realtime": flag(), "progress": flag()}
+
+
+@command("moss-replay")
 def main(argv: list[str] | None = None) -> int:
-    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "replay", __doc__)
+    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "replay", __doc__, REPLAY_RULES)
     if cfg is None:
         return 0
     out = replay(cfg)

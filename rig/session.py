@@ -24,7 +24,7 @@ from moss_vla.config import plain
 from rig.live_rig import LiveRig
 from robot.control_loop import ControlLoop, JointLimitSafety, LoopResult, StepInfo
 from robot.stop_conditions import CameraStall, MissedDeadlineStreak, StopFlag, Until
-from tasks.scoring import InteractionResult, ScoreSummary, score_interactions
+from tasks.scoring import InteractionResult, ScoreSummary, score_interactions, stopped_early
 
 EPISODE_DONE = "episode_done"
 USER_STOPS = ("interrupted", "stop_key")  # the operator ended the session: unfinished trials are not counted
@@ -68,15 +68,8 @@ class LiveEpisode:
         if self.completed:
             return list(self.score.results)
         t_last = float(self.times[-1]) if len(self.times) else -np.inf
-        out = []
-        for it, r in zip(self.interactions, self.score.results, strict=True):
-            if it.deadline <= t_last:
-                out.append(r)
-            elif self.loop.reason not in SESSION_ENDS:
-                out.append(InteractionResult(index=r.index, label=r.label, expected=r.expected, pointed=None,
-                                             success=False, reason=f"stopped:{self.loop.reason}",
-                                             reaction_time=None, onset=r.onset, deadline=r.deadline))
-        return out
+        return stopped_early(self.score.results, t_last, self.loop.reason,
+                             count_cut=self.loop.reason not in SESSION_ENDS)
 
 
 def end_of_episode(rig: LiveRig, ep: LiveEpisode, stop: StopFlag, ask: Callable[[str], str] = input) -> None:

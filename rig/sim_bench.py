@@ -309,18 +309,24 @@ def _run_parallel(jobs: list[PolicyJob], n_jobs: int) -> None:
             tqdm(total=total, desc="train (all)", unit="step", dynamic_ncols=True) as bar:
         futures = {pool.submit(_worker, job, threads, os.getpid()): job for job in jobs}
         pending = set(futures)
-        while pending:
-            finished, pending = wait(pending, timeout=2.0)
-            for future in finished:  # say so at once; the other jobs go on
-                if future.exception() is not None:
-                    job = futures[future]
-                    bar.write(f"bench job {job.name} failed: {future.exception()!r} (traceback in "
-                              f"{job.run / 'bench_job.log'}); the other jobs go on")
-            done = [_steps_done(j) for j in jobs]
-            bar.update(sum(done) - bar.n)
-            bar.set_postfix_str(" ".join(
-                f"{j.policy}/{j.seed}:{'eval' if n >= j.steps and not j.done else n}"
-                for j, n in zip(jobs, done, strict=True)))
+        try:
+            while pending:
+                finished, pending = wait(pending, timeout=2.0)
+                for future in finished:  # say so at once; the other jobs go on
+                    if future.exception() is not None:
+                        job = futures[future]
+                        bar.write(f"bench job {job.name} failed: {future.exception()!r} (traceback in "
+                                  f"{job.run / 'bench_job.log'}); the other jobs go on")
+                done = [_steps_done(j) for j in jobs]
+                bar.update(sum(done) - bar.n)
+                bar.set_postfix_str(" ".join(
+                    f"{j.policy}/{j.seed}:{'eval' if n >= j.steps and not j.done else n}"
+                    for j, n in zip(jobs, done, strict=True)))
+        except KeyboardInterrupt:  # Ctrl-C / SIGTERM: the jobs stop now (each resumes from its checkpoint)
+            for proc in list(getattr(pool, "_processes", {}).values()):
+                proc.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         for future, job in futures.items():
             if future.exception() is not None:
                 raise RuntimeError(f"bench job {job.name} failed (its output: {job.run / 'bench_job.log'})"

@@ -20,13 +20,22 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from moss_vla.config import cli_config
+from moss_vla.command import command
+from moss_vla.config import cli_config, flag, integer
 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("rig.sim_cli:collect_main", "sim"),
     "eval": ("rig.sim_eval:eval_main", "sim_eval"),
     "bench": ("rig.sim_bench:bench_main", "bench"),
 }
+
+
+def collect_rules() -> dict:
+    """What `moss-sim collect` checks before it creates a store (moss_vla/config.py check_config)."""
+    from rig.sim_rig import RIG_RULES
+
+    return {**RIG_RULES, "episodes": integer(1, hint="episodes to collect, e.g. episodes=50"),
+            "base_seed": integer(0), "overwrite": flag(), "append": flag(), "progress": flag()}
 
 
 def collect(cfg: DictConfig) -> dict[str, Any]:
@@ -101,6 +110,7 @@ def _usage() -> str:
             "example: moss-sim collect task=pongpredict episodes=50 out=data/pongpredict_sim.zarr")
 
 
+@command("moss-sim")
 def main(argv: list[str] | None = None) -> int:
     import importlib
 
@@ -114,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target, config_name = SUBCOMMANDS[name]
     module, func = target.split(":")
-    command = importlib.import_module(module)
-    cfg = cli_config(rest, config_name, f"moss-sim {name}: {(command.__doc__ or '').strip()}\n\n{_usage()}")
-    return 0 if cfg is None else int(getattr(command, func)(cfg) or 0)
+    module_ = importlib.import_module(module)
+    rules = getattr(module_, f"{name}_rules", dict)()
+    cfg = cli_config(rest, config_name, f"moss-sim {name}: {(module_.__doc__ or '').strip()}\n\n{_usage()}", rules)
+    return 0 if cfg is None else int(getattr(module_, func)(cfg) or 0)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from tasks.scoring import InteractionResult
+from tasks.scoring import InteractionResult, stopped_early
 
 
 def training_seeds(checkpoint: Path, task: str) -> set[int]:
@@ -194,11 +194,16 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
         label_names = rig.task.label_names
         torch.manual_seed(seed)
         outcome = rig.run_episode(controller, writer=None, operator="policy")
-        take = outcome.score.results[: n_trials - len(results)]
+        scored = outcome.score.results
+        if outcome.loop.reason != "duration":  # a fault ended it (policy raised / non-finite action, safety, arm)
+            scored = stopped_early(scored, float(outcome.times[-1]) if len(outcome.times) else -np.inf,
+                                   outcome.loop.reason)
+        take = scored[: n_trials - len(results)]
         results += take
         planned = {k: v for k, v in outcome.loop.controller_stats.items()
                    if k in ("plans", "planner_late", "planner_start_holds", "plan_delay_steps")}
-        episodes.append({"seed": seed, "loop_end": outcome.loop.reason, "results": [r.__dict__ for r in take],
+        episodes.append({"seed": seed, "loop_end": outcome.loop.reason, "loop_message": outcome.loop.message,
+                         "results": [r.__dict__ for r in take],
                          **({"planner": planned} if planned else {})})
         step_ms.append(outcome.loop.summary().get("compute_ms_p99"))
         bar.update(len(take))
@@ -214,6 +219,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
               # a policy that acts step by step runs as it is whatever the config asks (make_controller)
               "planner": planner if controller is not policy else {"mode": "sync"},
               "planner_late_steps": sum(e.get("planner", {}).get("planner_late", 0) for e in episodes),
+              # episodes a fault ended early, by the loop's reason (their trials fail as "stopped:<reason>")
+              "faults": dict(Counter(e["loop_end"] for e in episodes if e["loop_end"] != "duration")),
               **summary, "episode_log": episodes}
     out = Path(str(cfg.eval_dir))
     out.mkdir(parents=True, exist_ok=True)
@@ -233,4 +240,22 @@ def eval_main(cfg: DictConfig) -> int:
     print(markdown_table(f"{report['task']} ({report['trials']} trials)",
                          {"overall": report["overall"], "per_type": report["per_type"]}))
     print(f"results: {Path(str(cfg.eval_dir)).resolve()}/results.{{json,md,png}}")
+    if report["faults"]:  # a policy that faults is not a result: say so and fail the command
+        first = next(e for e in report["episode_log"] if e["loop_end"] != "duration")
+        print(f"moss-sim eval: {sum(report['faults'].values())} episode(s) ended in a fault "
+              f"({', '.join(f'{k} {v}' for k, v in report['faults'].items())}); first: seed {first['seed']}: "
+              f"{first['loop_message']}", file=sys.stderr)
+        return 1
     return 0
+
+
+def eval_rules() -> dict:
+    """What `moss-sim eval` checks before it loads the checkpoint (moss_vla/config.py check_config)."""
+    from moss_vla.config import flag, integer, number, one_of
+    from rig.sim_rig import RIG_RULES
+
+    return {**RIG_RULES, "trials": integer(1, hint="trials to judge, e.g. trials=96"), "eval_seed": integer(0),
+            "n_action_steps": integer(1, optional=True), "inference_seed": integer(optional=True),
+            "use_cache": flag(optional=True), "temporal_ensemble_coeff": number(optional=True),
+            "threads": integer(0), "progress": flag(), "planner.mode": one_of("sync", "delayed"),
+            "planner.lead": integer(0), "planner.delay": integer(0), "planner.max_late_streak": integer(1)}

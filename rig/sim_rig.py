@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from moss_vla.config import plain
+from moss_vla.config import Rule, integer, number, one_of, plain
 from robot.cameras.factory import make_camera, make_display_crop
 from robot.clock import SimClock
 from robot.control_loop import ControlLoop, JointLimitSafety, LoopResult, StepInfo
@@ -29,6 +29,19 @@ from tasks.scoring import ScoreSummary, score_interactions
 from tasks.scripted_operator import ScriptedOperator
 from tasks.stimulus import StimulusTask
 from tasks.targets import TargetSet, load_targets
+
+# the `rig` group (configs/rig/*.yaml) as every command checks it before any work (moss_vla/config.py)
+RIG_RULES: dict[str, Rule] = {
+    "rig.period": number(above=0, hint="control period in s, e.g. 0.1"),
+    "rig.camera_timeout": number(above=0),
+    "rig.loop_sync": one_of("frame", "clock"),
+    "rig.tail": number(lo=0),
+    "rig.home_noise": number(lo=0),
+    "rig.scoring.tolerance": number(above=0),
+    "rig.scoring.dwell": number(lo=0),
+    "rig.safety.margin": number(lo=0),
+    "rig.writer.queue_size": integer(1),
+}
 
 
 @dataclass

@@ -29,7 +29,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from moss_vla.config import cli_config
+from moss_vla.command import command
+from moss_vla.config import cli_config, one_of
 from tasks.scoring import InteractionResult
 
 
@@ -150,11 +151,22 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
     return report
 
 
+def trial_rules() -> dict:
+    """What moss-trial checks before it loads the checkpoint or starts the rig."""
+    from rig.record_cli import record_rules
+    from rig.sim_eval import eval_rules
+
+    live = {k: v for k, v in record_rules().items() if k not in ("episodes", "seed", "on_interrupt")}
+    sim = {k: v for k, v in eval_rules().items() if k != "planner.mode" and not k.startswith("planner.delay")}
+    return {**live, **sim, "planner.mode": one_of("async", "sync")}
+
+
+@command("moss-trial")
 def main(argv: list[str] | None = None) -> int:
     from rig.session import exit_code
     from rig.sim_eval import markdown_table
 
-    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "trial", __doc__)
+    cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "trial", __doc__, trial_rules())
     if cfg is None:
         return 0
     report = run_trials(cfg)

@@ -100,8 +100,8 @@ class StepInfo:
 class LoopResult:
     """Why and when the loop ended, and its timing statistics."""
 
-    # "duration", "max_steps", "safety", "arm", "camera", "end_of_stream", "controller", "interrupted" or a
-    # stop condition's
+    # "duration", "max_steps", "safety", "arm", "camera", "end_of_stream", "controller" or a stop condition's
+    # (e.g. "interrupted": a live session's StopFlag after Ctrl-C)
     reason: str
     message: str = ""
     n_steps: int = 0
@@ -233,9 +233,10 @@ class ControlLoop:
         stop_conditions: Sequence[StopCondition] = (),
         on_step: Sequence[Callable[[StepInfo], None]] = (),
     ) -> LoopResult:
-        """Run until `duration` seconds of loop time, `max_steps` steps, a stop condition, a safety stop,
-        a camera failure or Ctrl-C. The arm is stopped on every abnormal end; other exceptions stop the
-        arm and propagate."""
+        """Run until `duration` seconds of loop time, `max_steps` steps, a stop condition, a safety stop
+        or a camera failure. The arm is stopped on every abnormal end; other exceptions, and Ctrl-C
+        (KeyboardInterrupt: the user stops the command, not the episode), stop the arm and propagate. A
+        live session turns the first Ctrl-C into a stop condition instead (StopFlag.sigint_sets)."""
         if duration is None and max_steps is None and not stop_conditions:
             raise ValueError("ControlLoop.run: give a duration, max_steps or a stop condition")
         n_ticks = math.inf if duration is None else max(1, math.ceil(duration / self.period - 1e-9))
@@ -296,10 +297,7 @@ class ControlLoop:
         except ControllerError as e:
             result.reason, result.message = "controller", str(e)
             self.arm.stop()
-        except KeyboardInterrupt:
-            result.reason, result.message = "interrupted", "Ctrl-C"
-            self.arm.stop()
-        except BaseException:
+        except BaseException:  # Ctrl-C / SIGTERM (KeyboardInterrupt) included: the command stops, not the episode
             self.arm.stop()
             raise
         result.t_end = self.clock.now()

@@ -24,7 +24,7 @@ import numpy as np
 from robot.clock import Clock
 from robot.fr3_kinematics import DDQ_MAX, DQ_MAX, GRIPPER_MAX_WIDTH, Q_MAX, Q_MIN, Q_READY
 from robot.interfaces import ArmState
-from robot.safety import SafetyChecker, SafetyLimits
+from robot.safety import ArmError, SafetyChecker, SafetyLimits
 
 _CONFIG_KEYS = ("omega", "velocity_scale", "acceleration_scale", "substep", "gripper_speed", "safety")
 
@@ -66,6 +66,22 @@ class SimArm:
         self.safety = safety
         self._last_target: np.ndarray | None = None
         self.n_clipped_targets = 0  # commands that asked for a position outside the joint limits
+        self.fault: dict[str, Any] = {}  # fault injection (set_fault), off by default
+
+    def set_fault(self, kind: str | None, at: float = 0.0, delay: float = 0.25) -> None:
+        """Fault injection for tests and benchmarks/faults_bench.py (`+arm.fault={kind: ..., at: s}`): from
+        clock time `at` on, every command raises ArmError as a real arm's reflex does (kind "arm_error"),
+        or takes `delay` s of the loop clock (kind "slow": a streak of missed deadlines)."""
+        if kind not in (None, "arm_error", "slow"):
+            raise ValueError(f"SimArm.set_fault: kind must be arm_error or slow, got {kind!r}")
+        self.fault = {} if kind is None else {"kind": kind, "at": float(at), "delay": float(delay)}
+
+    def _inject_fault(self) -> None:
+        if not self.fault or self.clock.now() < self.fault["at"]:
+            return
+        if self.fault["kind"] == "arm_error":
+            raise ArmError(f"SimArm: injected arm error at t={self.clock.now():.2f} s (arm.fault)")
+        self.clock.sleep_until(self.clock.now() + self.fault["delay"])
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], clock: Clock, q0: Sequence[float],
@@ -76,10 +92,13 @@ class SimArm:
         if missing:
             raise ValueError(f"arm config of type {cfg.get('type')!r}: missing keys {missing} for the simulated "
                              f"arm (see configs/arm/sim.yaml)")
-        return cls(clock, q0=q0, omega=float(cfg["omega"]), velocity_scale=float(cfg["velocity_scale"]),
-                   acceleration_scale=float(cfg["acceleration_scale"]), substep=float(cfg["substep"]),
-                   gripper_speed=float(cfg["gripper_speed"]), gripper_width=float(gripper_width),
-                   safety=SafetyChecker(SafetyLimits.from_config(cfg["safety"])))
+        arm = cls(clock, q0=q0, omega=float(cfg["omega"]), velocity_scale=float(cfg["velocity_scale"]),
+                  acceleration_scale=float(cfg["acceleration_scale"]), substep=float(cfg["substep"]),
+                  gripper_speed=float(cfg["gripper_speed"]), gripper_width=float(gripper_width),
+                  safety=SafetyChecker(SafetyLimits.from_config(cfg["safety"])))
+        if cfg.get("fault"):
+            arm.set_fault(**dict(cfg["fault"]))
+        return arm
 
     # --- Arm interface --------------------------------------------------------------------------
     def state(self) -> ArmState:
@@ -87,6 +106,7 @@ class SimArm:
         return ArmState(q=self._q.copy(), dq=self._dq.copy(), gripper_width=self._gripper, timestamp=self._t)
 
     def command(self, q_target: np.ndarray, gripper_width: float | None = None) -> None:
+        self._inject_fault()
         self._advance()
         q_target = np.asarray(q_target, dtype=np.float64)
         if q_target.shape != (7,) or not np.all(np.isfinite(q_target)):

@@ -95,26 +95,31 @@ class StopFlag:
 
     @contextlib.contextmanager
     def sigint_sets(self, reason: str = "interrupted") -> Iterator[StopFlag]:
-        """While active, the first Ctrl-C (SIGINT) sets the flag instead of raising KeyboardInterrupt at
-        an arbitrary point (e.g. inside a commit): the session stops at the end of the current step and
-        closes the store deliberately. A Ctrl-C after the flag is set (by a first Ctrl-C or any other stop:
-        the session is ending) raises KeyboardInterrupt as usual."""
+        """While active, the first Ctrl-C (SIGINT) or SIGTERM sets the flag instead of raising
+        KeyboardInterrupt at an arbitrary point (e.g. inside a commit): the session stops at the end of the
+        current step and closes the store deliberately. A signal after the flag is set (by a first Ctrl-C or
+        any other stop: the session is ending) raises KeyboardInterrupt as usual (the command's front door,
+        moss_vla/command.py, ends it with exit 130 and no traceback)."""
         if threading.current_thread() is not threading.main_thread():
             yield self  # signal handlers can only be installed from the main thread
             return
-        previous = signal.getsignal(signal.SIGINT)
+        signals = (signal.SIGINT, signal.SIGTERM)
+        previous = {s: signal.getsignal(s) for s in signals}
 
         def handler(signum, frame):
             if self.is_set:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+                for s in signals:
+                    signal.signal(s, signal.default_int_handler)
                 raise KeyboardInterrupt
-            self.set(reason, "Ctrl-C (SIGINT)")
+            self.set(reason, "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM")
 
-        signal.signal(signal.SIGINT, handler)
+        for s in signals:
+            signal.signal(s, handler)
         try:
             yield self
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for s in signals:
+                signal.signal(s, previous[s])
 
 
 class Until:

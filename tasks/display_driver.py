@@ -39,6 +39,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from moss_vla.config import plain
+from moss_vla.lifeline import PARENT_PIPE_FLAG, watch_parent_pipe
 from tasks import make_task
 from tasks.stimulus import StimulusState, StimulusTask
 from tasks.stimulus_link import (
@@ -413,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config-json", help="a full {task, display, seed} config as JSON (DisplayProcess uses "
                         "this); overrides are applied on top")
     parser.add_argument("--max-seconds", type=float, default=None, help="quit after this many seconds")
+    parser.add_argument(PARENT_PIPE_FLAG, action="store_true", help="quit when stdin reaches EOF (DisplayProcess "
+                        "holds its other end: the driver never outlives the process that started it)")
     args = parser.parse_args(argv)
     if args.config_json:
         cfg = OmegaConf.create(json.loads(Path(args.config_json).read_text()))
@@ -420,6 +423,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         cfg = compose_driver_config(args.overrides)
     driver = DisplayDriver(cfg.task, int(cfg.seed), cfg.display)
+    if args.parent_pipe:
+        watch_parent_pipe(on_eof=lambda: setattr(driver, "quit_requested", True))
     return driver.run(max_seconds=args.max_seconds)
 
 
@@ -473,8 +478,11 @@ class DisplayProcess:
         env = {**os.environ, "PYGAME_HIDE_SUPPORT_PROMPT": "1", **self.env}
         if self.headless:
             env.update(SDL_VIDEODRIVER="dummy", SDL_AUDIODRIVER="dummy")
+        # the driver watches its stdin, whose other end only this process holds: it quits when we end, even
+        # when we are killed (moss_vla/lifeline.py)
         self.proc = subprocess.Popen([sys.executable, "-m", "tasks.display_driver", "--config-json",
-                                      str(self._cfg_path)], env=env, stderr=self._stderr)
+                                      str(self._cfg_path), PARENT_PIPE_FLAG], env=env, stderr=self._stderr,
+                                     stdin=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             first = self.subscriber.wait_for(None, timeout=0.2)
@@ -547,6 +555,8 @@ class DisplayProcess:
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     code = self.proc.wait()
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
         if self.subscriber is not None:
             self.subscriber.close()
         if getattr(self, "_cfg_path", None) is not None:

@@ -18,6 +18,7 @@ Each result also names the target the flange came closest to in its interaction'
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -196,3 +197,20 @@ def score_interactions(
         results.append(InteractionResult(index, label, expected, pointed, success, reason, rt, onset, deadline,
                                          closest, closest_d))
     return ScoreSummary(results)
+
+
+def stopped_early(results: list[InteractionResult], t_last: float, reason: str,
+                  count_cut: bool = True) -> list[InteractionResult]:
+    """The results of an episode whose loop stopped at stimulus time `t_last` for `reason` (a fault: the
+    policy raised or gave a non-finite action, a safety stop, an arm error, ...): trials whose deadline had
+    passed keep their score; the others fail with reason "stopped:<reason>" (so a fault is counted as
+    one, never as "no_pointing"), or are left out when `count_cut` is false (the operator stopped the
+    session, or the rig failed: not the policy's doing)."""
+    out = []
+    for r in results:
+        if r.deadline <= t_last:
+            out.append(r)
+        elif count_cut:
+            out.append(dataclasses.replace(r, pointed=None, success=False, reason=f"stopped:{reason}",
+                                           reaction_time=None, closest_target=None, closest_distance=None))
+    return out

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from moss_vla.command import ConfigError
 from moss_vla.config import compose_config
 from moss_vla.toy_clip import make_toy_clip
 from moss_vla.viz import main, object_scores, stss_maps
@@ -71,11 +72,11 @@ def test_moss_viz_rejects_bad_options(tmp_path):
         main([out, "query_object='purple star'"])
     with pytest.raises(SystemExit, match="orders must be >= 1"):
         main([out, "orders=0"])
-    with pytest.raises(SystemExit, match="frames must be an int"):
+    with pytest.raises(ConfigError, match="frames='many' must be an integer"):  # checked with the config
         main([out, "frames=many"])
     with pytest.raises(SystemExit, match="query: .*outside the clip"):
         main([out, "query=[9,0,0]"])
-    with pytest.raises(SystemExit, match="viz: .*nosuchkey"):
+    with pytest.raises(ConfigError, match="viz: .*nosuchkey"):
         main([out, "nosuchkey=1"])
     assert not (tmp_path / "a.png").exists()
 

@@ -29,6 +29,8 @@ import torch
 from moss_vla.device import autocast, resolve_device
 
 USAGE = __doc__
+DEFAULTS = {"pretrained_path": "", "tokenizer_path": "", "device": "auto", "batch_sizes": "[8,64]", "steps": "3",
+            "out": "groot_n15_check.json"}
 INSTRUCTION = "Point left when the circle on the display moves left, and point right when it moves right."
 
 
@@ -218,12 +220,18 @@ def run_check(pretrained_path: str, tokenizer_path: str, device_spec: str = "aut
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] != "groot_n15":
+    if "-h" in argv or "--help" in argv:
         print(USAGE)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    opts = dict(a.split("=", 1) for a in argv[1:] if "=" in a)
-    unknown = sorted(set(opts) - {"pretrained_path", "tokenizer_path", "device", "batch_sizes", "steps", "out"})
-    if unknown or "pretrained_path" not in opts or "tokenizer_path" not in opts:
+        return 0
+    opts = {**DEFAULTS, **dict(a.split("=", 1) for a in argv if "=" in a)}
+    if "--cfg" in argv:  # the settings this check would run with, as every moss-* command prints them
+        print("\n".join(f"{k}: {v}" for k, v in opts.items()))
+        return 0
+    if not argv or argv[0] != "groot_n15":
+        print(USAGE)
+        return 2
+    unknown = sorted(set(opts) - set(DEFAULTS))
+    if unknown or not opts["pretrained_path"] or not opts["tokenizer_path"]:
         print(f"moss-check: pass pretrained_path=<dir> tokenizer_path=<dir>{'; unknown ' + str(unknown) if unknown else ''}",
               file=sys.stderr)
         return 2
@@ -232,14 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_checkpoint_dir(opts["pretrained_path"])
         check_tokenizer_dir(opts["tokenizer_path"])
-        resolve_device(opts.get("device", "auto"))
+        resolve_device(opts["device"])
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"moss-check: {e}", file=sys.stderr)
         return 1
-    sizes = tuple(int(s) for s in opts.get("batch_sizes", "[8,64]").strip("[]").split(",") if s.strip())
-    report = run_check(opts["pretrained_path"], opts["tokenizer_path"], opts.get("device", "auto"), sizes,
-                       int(opts.get("steps", 3)))
-    out = Path(opts.get("out", "groot_n15_check.json"))
+    sizes = tuple(int(s) for s in str(opts["batch_sizes"]).strip("[]").split(",") if s.strip())
+    report = run_check(opts["pretrained_path"], opts["tokenizer_path"], opts["device"], sizes, int(opts["steps"]))
+    out = Path(opts["out"])
     out.write_text(json.dumps(report, indent=1))
     print(f"[moss-check] report: {out.resolve()}")
     return 0

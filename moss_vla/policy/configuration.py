@@ -143,6 +143,12 @@ class MossVLAConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the config key at fault and what it should be."""
+        for prefix, part in (("", self), ("vision.", self.vision), ("temporal.", self.temporal),
+                             ("backbone.", self.backbone), ("action_head.", self.action_head)):
+            _check_field_types(part, prefix)
+        if self.variant not in known_variants():
+            raise ValueError(f"variant must name a policy config ({', '.join(known_variants())}), got "
+                             f"{self.variant!r}")
         v, t, b, h = self.vision, self.temporal, self.backbone, self.action_head
         if t.module not in TEMPORAL_MODULES:
             raise ValueError(f"temporal.module must be one of {TEMPORAL_MODULES}, got {t.module!r}")
@@ -214,7 +220,10 @@ class MossVLAConfig:
                 kwargs[key] = subs[key](**value)
             else:
                 kwargs[key] = value
-        return cls(**kwargs)
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError) as exc:  # name the file (a checkpoint's config.json) or the groups at fault
+            raise ValueError(f"{source}: {exc}") from None
 
     @classmethod
     def from_hydra(cls, cfg_policy: Any, cfg_model: Any) -> MossVLAConfig:
@@ -227,6 +236,31 @@ class MossVLAConfig:
         merged.setdefault("variant", policy_name)
         merged.setdefault("model_size", model_name)
         return cls.from_dict(merged, source=f"policy={policy_name} model={model_name}")
+
+
+def known_variants() -> tuple[str, ...]:
+    """The names a config's `variant` may have: the policy configs shipped in configs/policy/, and custom."""
+    from moss_vla.paths import CONFIG_DIR
+
+    return (*sorted(f.stem for f in (CONFIG_DIR / "policy").glob("*.yaml")), "custom")
+
+
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_field_types(obj: Any, prefix: str) -> None:
+    """Each scalar field of a config dataclass holds a value of its annotated type (`n_frames: "eight"` in a
+    config.json is refused here, naming the key, instead of failing somewhere inside the model)."""
+    for f in dataclasses.fields(obj):
+        options = [o.strip() for o in str(f.type).split("|")]
+        value = getattr(obj, f.name)
+        if value is None and "None" in options:
+            continue
+        kinds = [k for o in options for k in _SCALARS.get(o, ())]
+        if not kinds or not all(o in _SCALARS or o == "None" for o in options):
+            continue  # a nested config or a tuple: checked elsewhere
+        if not isinstance(value, tuple(kinds)) or isinstance(value, bool) and bool not in kinds:
+            raise ValueError(f"{prefix}{f.name} must be {' or '.join(options)}, got {value!r}")
 
 
 def _to_plain(cfg: Any) -> dict[str, Any]:

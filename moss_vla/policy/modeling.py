@@ -338,7 +338,11 @@ class MossVLAPolicy(nn.Module):
 
     def load_weights(self, path: str | Path) -> None:
         """Load a safetensors state dict; names every missing, unexpected or mis-shaped tensor."""
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - safetensors' errors do not name the file (a damaged copy)
+            raise ValueError(f"{path}: cannot be read as safetensors ({type(exc).__name__}: {exc}); the checkpoint "
+                             f"is damaged or incomplete: copy it again or save it anew") from None
         own = self._weights()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
