@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from moss_vla.command import ConfigError
 from moss_vla.paths import CONFIG_DIR
 
 CFG_PARTS = ("job", "hydra", "all")  # `--cfg job` as hydra's own commands spell it; all print the same here
