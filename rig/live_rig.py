@@ -231,7 +231,11 @@ def make_arm(cfg: DictConfig, clock: RealClock, targets: TargetSet) -> Arm:
 
         # arm state timestamps on the session clock, like the camera's and the display's
         return FrankaArm.from_config(plain(cfg.arm), clock=clock.now)
-    raise ValueError(f"arm: unknown arm.type {kind!r}; use arm=sim or arm=franka (configs/arm/)")
+    if kind == "remote":  # a moss-arm-server on the real-time PC (robot/arm_server.py; docs/rig.md section 4)
+        from robot.arm_server import RemoteArm
+
+        return RemoteArm.from_config(plain(cfg.arm), clock=clock.now)
+    raise ValueError(f"arm: unknown arm.type {kind!r}; use arm=sim, arm=franka or arm=remote (configs/arm/)")
 
 
 LIVE_TIME_BASES = ("clock", "unix")  # camera time bases the session clock can be matched with
@@ -277,7 +281,7 @@ def build_live_rig(cfg: DictConfig, first_seed: int) -> LiveRig:
     after_arm_error(cfg)  # a typo fails now, not after the first reflex
     task0 = make_task(cfg.task, first_seed)
     targets, l2t = task_targets(cfg.task, task0.label_names)
-    check_taken_on(targets, str(cfg.arm.type))
+    check_taken_on(targets, str(cfg.arm.get("serves") or cfg.arm.type))  # arm=remote: the arm its server drives
     clock = RealClock()
     log_dir = Path(str(cfg.display.log_dir))
     display_log = (log_dir / f"display_{time.strftime('%Y%m%d_%H%M%S')}_{id(clock) % 100000}.jsonl").resolve()

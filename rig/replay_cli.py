@@ -27,7 +27,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from moss_vla.command import ConfigError, command
-from moss_vla.config import cli_config, flag, integer, plain
+from moss_vla.config import Rule, cli_config, flag, integer, plain
 
 
 class RecordedActions:
@@ -148,7 +148,11 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
                           f"episode(s) (0..{store.n_episodes - 1}); or episode=null for all")
     episodes = list(range(store.n_episodes)) if cfg.episode is None else [int(cfg.episode)]
     policy = None
-    if cfg.get("checkpoint"):
+    if cfg.planner.get("remote"):  # served by moss-serve (moss_vla/serve.py)
+        from moss_vla.remote_policy import RemotePolicy
+
+        policy = RemotePolicy.from_config(cfg.planner)
+    elif cfg.get("checkpoint"):
         import torch
 
         from moss_vla.device import resolve_device
@@ -162,6 +166,7 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
                for i in tqdm(episodes, desc="replay", unit="ep", disable=not cfg.progress)]
     out: dict[str, Any] = {"store": str(store_path.resolve()), "mode": "policy" if policy is not None else "actions",
                            "checkpoint": str(cfg.checkpoint) if policy is not None else None,
+                           "remote": cfg.planner.get("remote"),
                            "realtime": bool(cfg.realtime), "episodes": reports,
                            "all_played_to_end": all(r["played_to_end"] for r in reports)}
     lat = [r["loop"]["latency_ms_p99"] for r in reports]
@@ -180,7 +185,8 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
 
 
 REPLAY_RULES = {"episode": integer(0, optional=True, hint="an episode index of the store, or null for all"),
-                "threads": integer(0), "realtime": flag(), "progress": flag()}
+                "threads": integer(0), "realtime": flag(), "progress": flag(),
+                "planner.remote": Rule("str", optional=True, hint="<host>:<port> of a moss-serve, or null")}
 
 
 @command("moss-replay")

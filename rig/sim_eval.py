@@ -146,6 +146,12 @@ def load_policy(cfg: DictConfig, command: str) -> Any:
     from moss_vla.policy import MossVLAPolicy
     from moss_vla.device import resolve_device
 
+    planner = cfg.get("planner") or {}
+    if planner.get("remote"):  # served by moss-serve (moss_vla/serve.py): the same settings, for this session
+        from moss_vla.remote_policy import RemotePolicy
+
+        settings = {k: cast(cfg[k]) for k, cast in INFERENCE_SETTINGS.items() if cfg.get(k) is not None}
+        return RemotePolicy.from_config(planner, settings)
     ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
     if ckpt is None or not ckpt.exists():
         raise FileNotFoundError(f"{command}: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
@@ -201,7 +207,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
         take = scored[: n_trials - len(results)]
         results += take
         planned = {k: v for k, v in outcome.loop.controller_stats.items()
-                   if k in ("plans", "planner_late", "planner_start_holds", "plan_delay_steps")}
+                   if k in ("plans", "planner_late", "planner_failed", "planner_start_holds", "plan_delay_steps")
+                   or k.startswith("remote")}
         episodes.append({"seed": seed, "loop_end": outcome.loop.reason, "loop_message": outcome.loop.message,
                          "results": [r.__dict__ for r in take],
                          **({"planner": planned} if planned else {})})
@@ -251,11 +258,13 @@ def eval_main(cfg: DictConfig) -> int:
 
 def eval_rules() -> dict:
     """What `moss-sim eval` checks before it loads the checkpoint (moss_vla/config.py check_config)."""
-    from moss_vla.config import flag, integer, number, one_of
+    from moss_vla.config import Rule, flag, integer, number, one_of
     from rig.sim_rig import RIG_RULES
 
     return {**RIG_RULES, "trials": integer(1, hint="trials to judge, e.g. trials=96"), "eval_seed": integer(0),
             "n_action_steps": integer(1, optional=True), "inference_seed": integer(optional=True),
             "use_cache": flag(optional=True), "temporal_ensemble_coeff": number(optional=True),
             "threads": integer(0), "progress": flag(), "planner.mode": one_of("sync", "delayed"),
-            "planner.lead": integer(0), "planner.delay": integer(0), "planner.max_late_streak": integer(1)}
+            "planner.lead": integer(0), "planner.delay": integer(0), "planner.max_late_streak": integer(1),
+            "planner.remote": Rule("str", optional=True, hint="<host>:<port> of a moss-serve, or null"),
+            "planner.remote_timeout": number(above=0)}

@@ -118,6 +118,7 @@ class ChunkPlanner:
         self._last: np.ndarray | None = None
         self._hold_streak = 0
         self.n_late = self.n_start_holds = self.longest_hold_streak = 0
+        self.n_failed = 0  # plans that failed (the episode ends at the first: at most 1)
         self.plan_seconds: list[float] = []
         self.plan_delays: list[int] = []  # steps from a plan's observation to the step that first used it
 
@@ -207,8 +208,11 @@ class ChunkPlanner:
         """This episode's planner numbers, reported with the loop's deadline statistics."""
         ms = 1e3 * np.asarray(self.plan_seconds)
         delays = np.bincount(np.asarray(self.plan_delays, dtype=int)) if self.plan_delays else np.zeros(0, int)
-        return {"planner": self.mode, "planner_lead": self.lead, "plans": len(self.plan_seconds),
-                "planner_late": self.n_late, "planner_start_holds": self.n_start_holds,
+        # a policy with numbers of its own (a RemotePolicy: round trips, failures, reconnects) adds them
+        policy_stats = getattr(self.policy, "loop_stats", None)
+        return {**(policy_stats() if callable(policy_stats) else {}),
+                "planner": self.mode, "planner_lead": self.lead, "plans": len(self.plan_seconds),
+                "planner_late": self.n_late, "planner_failed": self.n_failed, "planner_start_holds": self.n_start_holds,
                 "planner_longest_hold_streak": self.longest_hold_streak,
                 "plan_ms_p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
                 "plan_ms_p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
@@ -258,6 +262,7 @@ class AsyncChunkPlanner(ChunkPlanner):
             error = self._error if self._error is not None and self._error[0] == self._generation else None
             result, self._result = self._result, None
         if error is not None:
+            self.n_failed = 1
             raise self._failure(error[1], error[2]) from error[2]
         return result if result is not None and result.generation == self._generation else None
 
@@ -326,6 +331,7 @@ class DelayedChunkPlanner(ChunkPlanner):
         try:
             chunk = self._run(job)
         except Exception as e:
+            self.n_failed = 1
             raise self._failure(job.step, e) from e
         if chunk is not None:
             self._planned = chunk  # one plan at a time: the schedule waits for it before asking again

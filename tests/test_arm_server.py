@@ -1,0 +1,153 @@
+"""The arm behind the network (robot/arm_server.py, moss-arm-server): RemoteArm drives a served SimArm and the real
+franky client on franky-sim on loopback; the arm side runs its own safety checks; a silent or dropped client
+stops the arm within a bounded time (the watchdog); one client at a time; a wrong token is refused."""
+
+import socket
+import time
+
+import numpy as np
+import pytest
+
+from robot.arm_server import ArmServer, RemoteArm
+from robot.clock import RealClock
+from robot.fr3_kinematics import Q_READY
+from robot.safety import ArmError, SafetyChecker, SafetyLimits, UnsafeTargetError
+from robot.sim_arm import SimArm
+
+WATCHDOG = 0.2
+
+
+@pytest.fixture
+def sim_server():
+    arm = SimArm(RealClock(), Q_READY, safety=SafetyChecker(SafetyLimits()))
+    server = ArmServer(arm, port=0, watchdog_s=WATCHDOG, token="secret").start()
+    yield server
+    server.stop()
+
+
+def stream(arm, n, step=0.01, period=0.05):
+    q = arm.state().q
+    for k in range(n):
+        q = q + step * np.array([1, 0, 0, 1, 0, 0, 1])
+        arm.command(q)
+        time.sleep(period)
+    return q
+
+
+def wait_still(arm, limit, tol=1e-3):
+    """Seconds until the joints stop moving (positions 50 ms apart, as rad/s; franky-sim's reported dq stays
+    at a few 0.01 rad/s on a held arm), or None if they still move after `limit` s."""
+    t0 = time.monotonic()
+    q = arm.state().q
+    while time.monotonic() - t0 < limit:
+        time.sleep(0.05)
+        q, q_before = arm.state().q, q
+        if np.abs(q - q_before).max() / 0.05 < tol:
+            return time.monotonic() - t0
+    return None
+
+
+def test_remote_arm_drives_the_served_sim_arm_and_the_arm_side_checks_run(sim_server):
+    arm = RemoteArm(sim_server.address, token="secret", serves="sim")
+    assert arm.watchdog_s == WATCHDOG and arm.serves == "sim"
+    q0 = arm.state().q
+    np.testing.assert_allclose(q0, Q_READY, atol=1e-9)
+    q = stream(arm, 5)
+    arm.stop()  # stops streaming: the watchdog is not armed while the client is quiet
+    time.sleep(0.3)
+    np.testing.assert_allclose(arm.state().q, sim_server.arm.state().q, atol=1e-3)  # the same arm
+    assert np.abs(arm.state().q - q).max() < 0.01  # it followed the stream
+    # the served arm's own checks refuse a jump past max_step (nothing moves), and a non-finite target
+    with pytest.raises(UnsafeTargetError, match="step"):
+        arm.command(q + 0.5)
+    with pytest.raises(UnsafeTargetError, match="7 finite"):
+        arm.command(np.full(7, np.nan))
+    assert sim_server.errors == 2
+    arm.command(q)  # still usable
+    arm.close()
+
+
+def test_wrong_token_and_a_second_client_are_refused(sim_server):
+    with pytest.raises(ArmError, match="token"):
+        RemoteArm(sim_server.address, token="nope")
+    first = RemoteArm(sim_server.address, token="secret")
+    with pytest.raises(ArmError, match="another client"):
+        RemoteArm(sim_server.address, token="secret")
+    first.state()  # the first client is not disturbed
+    with pytest.raises(ArmError, match="drives arm=sim"):
+        first.close()
+        RemoteArm(sim_server.address, token="secret", serves="franka")
+
+
+def test_watchdog_stops_a_silent_client_within_its_bound_and_refuses_to_resume(sim_server):
+    arm = RemoteArm(sim_server.address, token="secret")
+    stream(arm, 6, step=0.02)  # moving at ~0.4 rad/s
+    t_last = time.monotonic()
+    while not sim_server.stops:  # the client stays connected but says nothing
+        assert time.monotonic() - t_last < WATCHDOG + 0.5, "the watchdog did not stop the arm"
+        time.sleep(0.005)
+    stop = sim_server.stops[0]
+    assert stop["why"].startswith("watchdog") and WATCHDOG <= stop["silence_s"] <= WATCHDOG + 0.1
+    assert wait_still(sim_server.arm, 1.0) is not None
+    with pytest.raises(ArmError, match="recover") as e:  # no silent resume
+        arm.command(arm.state().q)
+    assert e.value.kind == "watchdog"
+    arm.recover()
+    arm.command(arm.state().q)
+    arm.close()
+
+
+def test_a_dropped_connection_stops_the_sim_arm_at_once(sim_server):
+    arm = RemoteArm(sim_server.address, token="secret")
+    stream(arm, 6, step=0.02)
+    t0 = time.monotonic()
+    arm._ws.socket.shutdown(socket.SHUT_RDWR)  # the client's machine goes away: no close frame
+    while not sim_server.stops:
+        assert time.monotonic() - t0 < 1.0
+        time.sleep(0.005)
+    assert "disconnected" in sim_server.stops[0]["why"] and time.monotonic() - t0 < WATCHDOG + 0.1
+    assert wait_still(sim_server.arm, 1.0) is not None
+    RemoteArm(sim_server.address, token="secret").close()  # the next client may connect
+
+
+def test_garbage_gets_an_error_and_the_server_goes_on(sim_server):
+    from websockets.sync.client import connect
+
+    from moss_vla.wire import decode, encode
+
+    with connect(f"ws://{sim_server.address}") as ws:
+        for junk in (b"\x00\x01", "text", encode({"op": "command", "seq": 1}, {"q": np.zeros(7)})):
+            ws.send(junk)
+            header, _ = decode(ws.recv(timeout=2))
+            assert header["op"] == "error"
+    RemoteArm(sim_server.address, token="secret").close()
+
+
+def test_franky_sim_behind_the_arm_server_dropped_client_stops_the_arm(franky_sim):
+    from robot.franka_arm import FrankaArm
+
+    franka = FrankaArm("127.0.0.1", gripper=False, relative_dynamics_factor=0.5)
+    server = ArmServer(franka, port=0, watchdog_s=WATCHDOG).start()
+    try:
+        arm = RemoteArm(server.address, serves="franka")
+        q_start = arm.state().q
+        stream(arm, 8, step=0.03, period=0.1)  # ~0.3 rad/s on three joints
+        assert np.abs(arm.state().q - q_start).max() > 0.1  # it moved
+        assert np.abs(franka.state().dq).max() > 0.05  # and is moving when the client goes
+        t0 = time.monotonic()
+        arm._ws.socket.shutdown(socket.SHUT_RDWR)
+        still = wait_still(franka, 3.0, tol=0.01)
+        assert server.stops and "disconnected" in server.stops[0]["why"]
+        assert still is not None and still < 1.5, f"the arm still moved {time.monotonic() - t0:.2f} s after the drop"
+        # a silent (still connected) client: the watchdog stops a streaming arm within its bound
+        arm2 = RemoteArm(server.address)
+        stream(arm2, 6, step=-0.03, period=0.1)
+        t_last = time.monotonic()
+        while len(server.stops) < 2:
+            assert time.monotonic() - t_last < WATCHDOG + 0.5
+            time.sleep(0.005)
+        assert server.stops[1]["why"].startswith("watchdog")
+        assert wait_still(franka, 3.0, tol=0.01) is not None
+        arm2.close()
+    finally:
+        server.stop()
