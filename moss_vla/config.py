@@ -13,6 +13,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from moss_vla.command import ConfigError
 from moss_vla.paths import CONFIG_DIR
+from moss_vla.zoo import register_resolvers
+
+register_resolvers()  # ${results_dir:...} in configs/sim_eval.yaml, trial.yaml
 
 CFG_PARTS = ("job", "hydra", "all")  # `--cfg job` as hydra's own commands spell it; all print the same here
 

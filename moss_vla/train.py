@@ -369,6 +369,14 @@ def train(cfg: DictConfig) -> TrainResult:
         if cfg.policy.get("aux_label_weight", 0) > 0 and not cfg.policy.get("aux_label_classes"):
             cfg.policy.aux_label_classes = label_classes(cfg.data.paths)  # recorded in the run's config.yaml
         policy = make_policy(cfg.policy, cfg.model, stats)
+        if cfg.get("init_from"):  # fine-tuning: its weights and normalisation, a fresh optimiser and schedule
+            from moss_vla.zoo import resolve_checkpoint
+
+            init = resolve_checkpoint(cfg.init_from)
+            if not (init / "model.safetensors").is_file():
+                raise FileNotFoundError(f"init_from={cfg.init_from}: no model.safetensors in {init}; pass a "
+                                        f"checkpoint directory or zoo:<task>/<policy>")
+            policy.load_weights(init / "model.safetensors")  # names every tensor that does not fit
     policy.to(device).train()
 
     optimizer = torch.optim.AdamW(param_groups(policy, cfg.optim.weight_decay), lr=cfg.optim.lr,

@@ -157,10 +157,11 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
 
         from moss_vla.device import resolve_device
         from moss_vla.policy import MossVLAPolicy
+        from moss_vla.zoo import resolve_checkpoint
 
         if int(cfg.threads) > 0:  # see configs/replay.yaml
             torch.set_num_threads(int(cfg.threads))
-        policy = MossVLAPolicy.from_pretrained(str(cfg.checkpoint))
+        policy = MossVLAPolicy.from_pretrained(resolve_checkpoint(cfg.checkpoint))
         policy.to(resolve_device(cfg.get("device", "auto"))).eval()  # bf16 autocast on a GPU (moss_vla/device.py)
     reports = [replay_episode(cfg, store, i, policy)
                for i in tqdm(episodes, desc="replay", unit="ep", disable=not cfg.progress)]

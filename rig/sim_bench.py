@@ -484,6 +484,20 @@ def recipe_text(cfg: Mapping[str, Any]) -> str:
                      + ([f"evaluated with {', '.join(evaluation)}"] if evaluation else []))
 
 
+def git_commit() -> str | None:
+    """The commit of the checkout this code runs from (None outside a git checkout, e.g. an installed wheel)."""
+    import subprocess
+
+    from moss_vla.paths import REPO_ROOT
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10,
+                             check=False)
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
 def write_results(cfg: DictConfig, bench: dict[str, Any]) -> dict[str, Path]:
     """Write `cfg.results` + .json / .md / .png (the name may hold dots: `..._dyn0.2`); returns the paths."""
     prefix = Path(str(cfg.results))
@@ -498,7 +512,7 @@ def write_results(cfg: DictConfig, bench: dict[str, Any]) -> dict[str, Path]:
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "load_average_at_end": list(os.getloadavg()), "python": platform.python_version(),
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, "commit": git_commit()},
         "wall_seconds": bench["wall_seconds"],
         "collection": bench["collection"],  # the scripted operator's episodes each task trained on
         "success_percent": {t: {p: 100 * r["overall"]["success_rate"] for p, r in ps.items()}

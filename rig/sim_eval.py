@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from moss_vla.zoo import resolve_checkpoint
 from tasks.scoring import InteractionResult, stopped_early
 
 
-def training_seeds(checkpoint: Path, task: str) -> set[int]:
+def training_seeds(checkpoint: Path | str, task: str) -> set[int]:
     """Seeds of the episodes of `task` the checkpoint was trained on (recorded by moss-train)."""
-    f = checkpoint / "training_data.json"
+    f = resolve_checkpoint(checkpoint) / "training_data.json"
     if not f.exists():
         return set()
     info = json.loads(f.read_text())
@@ -143,8 +144,8 @@ INFERENCE_SETTINGS = {"n_action_steps": int, "inference_seed": int, "use_cache":
 
 def load_policy(cfg: DictConfig, command: str) -> Any:
     """The policy of `cfg.checkpoint` in eval mode, or a clear error naming the missing directory."""
-    from moss_vla.policy import MossVLAPolicy
     from moss_vla.device import resolve_device
+    from moss_vla.policy import MossVLAPolicy
 
     planner = cfg.get("planner") or {}
     if planner.get("remote"):  # served by moss-serve (moss_vla/serve.py): the same settings, for this session
@@ -152,7 +153,7 @@ def load_policy(cfg: DictConfig, command: str) -> Any:
 
         settings = {k: cast(cfg[k]) for k, cast in INFERENCE_SETTINGS.items() if cfg.get(k) is not None}
         return RemotePolicy.from_config(planner, settings)
-    ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
+    ckpt = resolve_checkpoint(cfg.checkpoint) if cfg.get("checkpoint") else None
     if ckpt is None or not ckpt.exists():
         raise FileNotFoundError(f"{command}: checkpoint={cfg.get('checkpoint')} does not exist; pass the "
                                 f"directory moss-train wrote, e.g. runs/<run>/checkpoints/latest")
@@ -176,7 +177,7 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     from rig.sim_rig import build_sim_rig
     from robot.chunk_planner import make_controller
 
-    ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
+    ckpt = resolve_checkpoint(cfg.checkpoint) if cfg.get("checkpoint") else None
     if policy is None:
         policy = load_policy(cfg, "moss-sim eval")
     policy.eval()

@@ -54,13 +54,14 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
     after `cfg.max_minutes`. `on_episode(LiveEpisode)` sees every episode."""
     import torch
 
+    from moss_vla.zoo import resolve_checkpoint
     from rig.live_rig import build_live_rig
     from rig.session import end_of_episode, run_live_episode
     from rig.sim_eval import load_policy, markdown_table, plot_results, summarize, training_seeds
     from robot.chunk_planner import make_controller
     from robot.stop_conditions import StopFlag
 
-    ckpt = Path(str(cfg.checkpoint)) if cfg.get("checkpoint") else None
+    ckpt = resolve_checkpoint(cfg.checkpoint) if cfg.get("checkpoint") else None
     if policy is None:
         policy = load_policy(cfg, "moss-trial")
     if hasattr(policy, "eval"):

@@ -1,9 +1,11 @@
-"""`moss-sim bench` (and so `moss-demo`) and `moss-sim eval` end to end at the tiny preset: every stage
+"""`moss-sim bench` and `moss-sim eval` end to end at the tiny preset: every stage
 runs (collect -> train -> closed-loop eval -> table), two policies train side by side in worker
 processes, a second run skips what exists, and eval refuses training seeds and missing checkpoints."""
 
 import json
+import os
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -16,7 +18,10 @@ from tasks.scoring import InteractionResult
 
 
 def bench_cli(overrides: list[str]) -> int:
-    return main(["bench", *overrides])
+    """`moss-sim bench`, with MOSS_DEBUG=1 so that its errors reach the test as exceptions (moss_vla/command.py;
+    the one-line message a user sees is tested in tests/test_reliability.py)."""
+    with mock.patch.dict(os.environ, {"MOSS_DEBUG": "1"}):
+        return main(["bench", *overrides])
 
 
 POLICIES = ["groot", "moss"]
@@ -161,8 +166,11 @@ def test_bench_refuses_a_work_dir_trained_with_other_settings(bench):
         "policy=groot", "model=tiny"]
     # a store collected, or an evaluation made, with other settings is refused too, never silently reused
     with pytest.raises(ValueError, match=r"movesense_lr.collect.json: the store was collected with episodes=2, "
-                                         r"collect_seed=0; this bench asks for episodes=3"):
+                                         r"collect_seed=0, collect_overrides=\[\]; this bench asks for episodes=3"):
         bench_cli([*overrides, "episodes=3"])
+    with pytest.raises(ValueError, match=r"collect_overrides=\[\]; this bench asks for .*collect_overrides="
+                                         r"\['teleop=human_like'\]"):
+        bench_cli([*overrides, "collect_overrides=['teleop=human_like']"])
     with pytest.raises(ValueError, match=r"results.json was evaluated with trials=2, eval_seed=1000000; this bench "
                                          r"asks for trials=4"):
         bench_cli([o if not o.startswith("trials=") else "trials={movesense_lr: 4}" for o in overrides])
@@ -243,12 +251,6 @@ def test_eval_runs_the_rigs_planner_schedule_in_simulated_time(bench, tmp_path, 
     assert report["planner_late_steps"] == sum(ep["planner"]["planner_late"] for ep in report["episode_log"])
     assert main([*common, "planner.mode=async", f"eval_dir={tmp_path}/a"]) == 2  # needs a real clock
     assert "planner.mode must be one of ['sync', 'delayed'] here, got 'async'" in capsys.readouterr().err
-
-
-def test_demo_config_is_the_small_movesense_comparison():
-    cfg = compose_config([], "demo")
-    assert list(cfg.tasks) == ["movesense_lr"] and list(cfg.policies) == ["contextvla", "moss"]
-    assert cfg.preset == "small" and cfg.train_jobs == 2 and cfg.trials.movesense_lr == 30
 
 
 def test_bench_preset_is_the_small_preset_with_a_finer_token_grid():
