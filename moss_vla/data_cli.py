@@ -4,6 +4,7 @@
   moss-data check PATH [--quick]           validate the store; exit code 0 (ok) or 1 (problems)
   moss-data repair PATH [--drop-damaged]   truncate uncommitted data left by an interrupted writer; with
                                            --drop-damaged also drop episodes holding damaged chunks
+  moss-data drop PATH [EPISODE ...] [--where KEY=VALUE]   remove episodes (crash-safe)
   moss-data export-lerobot SRC DST         write a LeRobotDataset (v3.0, video) for lerobot 0.4.4
 
 It takes store paths, not a hydra config: `moss-data --cfg` says so (the other moss-* commands print
@@ -100,6 +101,27 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _drop(args: argparse.Namespace) -> int:
+    from moss_vla.episodes.curate import drop_episodes, parse_where, select_episodes
+    from moss_vla.episodes.store import EpisodeStore
+
+    if not args.episodes and not args.where:
+        print("error: name the episodes to drop (moss-data drop STORE 3 7) or a filter (--where success=false)",
+              file=sys.stderr)
+        return 1
+    store = EpisodeStore(args.path)
+    chosen = select_episodes(store, args.episodes, parse_where(args.where))
+    seeds = [store.episode_meta(i).get("seed") for i in chosen]
+    if args.dry_run or not chosen:
+        print(f"{args.path}: would drop {len(chosen)} of {store.n_episodes} episodes: {chosen} (seeds {seeds})")
+        return 0
+    r = drop_episodes(args.path, chosen, keep_backup=args.keep_backup)
+    print(f"{args.path}: dropped episodes {r['dropped']} (seeds {r['dropped_seeds']}), kept {r['kept']}; {r['how']}"
+          + (f", {r['frames_rewritten']} frames rewritten" if r.get("frames_rewritten") else "")
+          + (f"; the old store is kept at {r['backup']}" if r.get("backup") else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="moss-data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -118,6 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the store again without the episodes that hold damaged chunks (crash-safe; the "
                         "damaged store is kept as <path>.damaged-<time>)")
     p.set_defaults(func=_repair)
+    p = sub.add_parser("drop", help="remove episodes from a store (crash-safe; indices as moss-data info counts them)")
+    p.add_argument("path")
+    p.add_argument("episodes", nargs="*", type=int, help="episode indices (negative: from the end, -1 the last)")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                   help="also drop the episodes whose metadata has KEY == VALUE (JSON value), e.g. success=false; "
+                        "repeat to require several")
+    p.add_argument("--dry-run", action="store_true", help="only say which episodes would be dropped")
+    p.add_argument("--keep-backup", action="store_true",
+                   help="keep the old store as <path>.dropped-<time> when episodes before the last are dropped")
+    p.set_defaults(func=_drop)
     p = sub.add_parser("export-lerobot", help="write a LeRobotDataset v3.0 (lerobot 0.4.4)")
     p.add_argument("src")
     p.add_argument("dst", help="new directory (the dataset root)")
@@ -139,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (StoreError, SchemaError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (StoreError, SchemaError, FileExistsError, FileNotFoundError, ValueError, IndexError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
 

@@ -12,6 +12,9 @@ that do not run to their end are discarded, and the reason is kept in the sessio
 (the display window's quit key, or the keyboard teleop's quit key) or Ctrl-C stops everything: the arm
 is stopped, the episode in progress is discarded (or committed, with `on_interrupt=commit`), the writer
 is closed and the store is consistent; so does a fault of the rig (camera failure or stall, display lost).
+The teleop's discard key (keyboard Delete, gamepad left stick click: teleop.keys.discard / teleop.buttons.discard)
+ends the episode in progress at once without keeping it (end reason "operator_discard") and the session goes on
+with the next; an episode already committed is removed with `moss-data drop STORE -1`.
 After an arm error the arm is recovered and re-homed only as `after_arm_error` says (default: the operator
 confirms at the terminal). Exit code 0 when all episodes were recorded, 130 after a stop key
 or Ctrl-C, 1 when episodes failed or the session stopped otherwise (the display process died).
@@ -121,7 +124,7 @@ def record(cfg: DictConfig, on_episode: Callable[[Any], None] | None = None) -> 
 
 @command("moss-record")
 def main(argv: list[str] | None = None) -> int:
-    from rig.session import exit_code
+    from rig.session import OPERATOR_DISCARD, exit_code
 
     cfg = cli_config(sys.argv[1:] if argv is None else list(argv), "record", __doc__, record_rules())
     if cfg is None:
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     report = record(cfg)
     print(f"store {report['out']}: {report['episodes_committed']} episode(s) committed, check "
           f"{report['store_check']}; session report {report['report']}")
-    ok = report["store_check"] == "ok" and all(e["end_reason"] == "episode_done" for e in report["episodes"])
+    ok = report["store_check"] == "ok" and all(e["end_reason"] in ("episode_done", OPERATOR_DISCARD)
+                                               for e in report["episodes"])
     return exit_code(report["stopped"], ok)
 
 

@@ -32,6 +32,7 @@ USER_STOPS = ("interrupted", "stop_key")  # the operator ended the session: unfi
 # way) and the trials it cut short are not counted
 RIG_FAULTS = ("camera", "camera_stall", "display_lost", "display_timeout")
 SESSION_ENDS = USER_STOPS + RIG_FAULTS
+OPERATOR_DISCARD = "operator_discard"  # the teleop's discard key: the episode ends, is not kept, the session goes on
 
 
 def exit_code(stopped: str | None, ok: bool = True) -> int:
@@ -201,9 +202,12 @@ def run_live_episode(
         # the display's quit key / window close ends the process normally: the operator's stop key
         return "stop_key" if code == 0 else "display_lost"
 
-    def teleop_quit(info: StepInfo) -> str | None:
+    def teleop_quit(info: StepInfo) -> str | tuple[str, str] | None:
         last = getattr(controller, "last_input", None)
-        return "stop_key" if last is not None and "quit" in getattr(last, "events", ()) else None
+        events = getattr(last, "events", ()) if last is not None else ()
+        if "discard" in events and writer is not None:  # moss-record's discard key: this episode is not kept
+            return OPERATOR_DISCARD, "the operator pressed the discard key"
+        return "stop_key" if "quit" in events else None
 
     # frame age when the controller got it (obs["t"]): a slow step is the deadline accounting's business
     stall = CameraStall(float(lc.stall_timeout), rig.clock.now,

@@ -190,3 +190,28 @@ def test_a_real_camera_without_display_corners_is_refused_unless_full_frame_is_a
         check_crop_calibrated(compose_config([f"camera={cam}",
                                               "camera.crop.corners=[[300,100],[900,100],[900,600],[300,600]]"], "record").camera)
     check_crop_calibrated(compose_config(["camera=sim"], "record").camera)
+
+
+def test_the_discard_key_drops_the_episode_in_progress_and_the_session_goes_on(tmp_path, monkeypatch):
+    from robot.teleop import keyboard
+
+    made = counting_keyboards(monkeypatch)
+    polls = []
+    real_poll = keyboard.Keyboard.poll
+
+    def poll(self):
+        inp = real_poll(self)
+        polls.append(1)
+        if len(polls) == 10:  # the operator presses Delete 1 s into the first episode
+            inp.events.append("discard")
+        return inp
+
+    monkeypatch.setattr(keyboard.Keyboard, "poll", poll)
+    out = tmp_path / "rec.zarr"
+    cfg = compose_config(["teleop=keyboard", f"out={out}", "episodes=2", f"log_dir={tmp_path}",
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", *SHORT], "record")
+    report = record(cfg)
+    assert [e["end_reason"] for e in report["episodes"]] == ["operator_discard", "episode_done"]
+    assert report["stopped"] is None and report["episodes_committed"] == 1 and len(made) == 1
+    store = EpisodeStore(out)
+    assert store.n_episodes == 1 and store.episode_meta(0)["seed"] == 1 and check_store(out).ok

@@ -44,6 +44,23 @@ def finish_interrupted_repair(path: str | os.PathLike) -> str | None:
     return done
 
 
+def copy_episodes(src: EpisodeStore, indices: list[int], writer: EpisodeWriter) -> None:
+    """Append episodes `indices` of `src` to `writer`, each validated and committed like a recording."""
+    small = [k for k in src.keys if k != "image"]
+    for i in indices:
+        sl = src.episode_slice(i)
+        try:
+            data = {k: src.arrays[k][sl] for k in small}
+            images = src.read_frames(np.arange(sl.start, sl.stop))
+        except Exception as exc:  # noqa: BLE001 - damage check missed: stop, the original is untouched
+            raise StoreError(f"{src.path}: episode {i} cannot be read ({exc}); run `moss-data check {src.path}` "
+                             f"and pass its damaged episodes") from None
+        writer.start_episode({k: v for k, v in src.episode_meta(i).items() if k not in RESERVED_EPISODE_KEYS})
+        for j in range(sl.stop - sl.start):
+            writer.add_frame(images[j], **{k: data[k][j] for k in small})
+        writer.commit()
+
+
 def drop_damaged(path: str | os.PathLike, damaged: set[int]) -> dict[str, Any]:
     """Rewrite the store at `path` without the episodes `damaged` (see module docstring); returns a report."""
     path = Path(path)
@@ -54,20 +71,8 @@ def drop_damaged(path: str | os.PathLike, damaged: set[int]) -> dict[str, Any]:
         tmp = path.parent / f"{path.name}.repairing-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         store_meta = {k: v for k, v in src.meta.items() if k not in WRITER_KEYS}
-        small = [k for k in src.keys if k != "image"]
         with EpisodeWriter(tmp, store_meta=store_meta, image_shape=tuple(src.meta["image_shape"])) as writer:
-            for i in keep:
-                sl = src.episode_slice(i)
-                try:
-                    data = {k: src.arrays[k][sl] for k in small}
-                    images = src.read_frames(np.arange(sl.start, sl.stop))
-                except Exception as exc:  # noqa: BLE001 - damage check missed: stop, the original is untouched
-                    raise StoreError(f"{path}: episode {i} cannot be read ({exc}); run `moss-data check {path}` "
-                                     f"and pass its damaged episodes") from None
-                writer.start_episode({k: v for k, v in src.episode_meta(i).items() if k not in RESERVED_EPISODE_KEYS})
-                for j in range(sl.stop - sl.start):
-                    writer.add_frame(images[j], **{k: data[k][j] for k in small})
-                writer.commit()
+            copy_episodes(src, keep, writer)
         (tmp / DONE_MARKER).write_text(json.dumps({"source": str(path), "dropped": sorted(damaged),
                                                    "kept": len(keep)}))
         backup = path.parent / f"{path.name}.damaged-{time.strftime('%Y%m%d_%H%M%S')}"

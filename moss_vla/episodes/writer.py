@@ -413,6 +413,30 @@ class EpisodeWriter:
         await asyncio.gather(*(a.setitem(slice(start, end), np.stack(self._buf[k]))
                                for a, k in zip(arrs, self._small_keys, strict=True)))
 
+    def drop_last(self, n: int = 1) -> list[dict[str, Any]]:
+        """Remove the last `n` committed episodes (moss-record's discard key, `moss-data drop` of a tail); returns
+        their metadata. One atomic write of the metadata list without them moves the commit point back, then their
+        frames are truncated like any uncommitted data: a kill in between leaves frames no reader sees, which the
+        next writer truncates. The store's saved normalisation statistics are removed (recomputed on next use)."""
+        from moss_vla.episodes.normalization import default_stats_path
+
+        self._require_open()
+        if self._meta is not None:
+            raise EpisodeWriteError("drop_last() while an episode is in progress; commit() or discard() it first")
+        if not 1 <= int(n) <= len(self._metas):
+            raise IndexError(f"{self.path}: cannot drop the last {n} episode(s), the store has {len(self._metas)}")
+        keep, dropped = self._metas[: len(self._metas) - int(n)], self._metas[len(self._metas) - int(n):]
+        self._ends.update_attributes({EPISODES_ATTR: keep})  # the commit point
+        self._metas = list(keep)
+        default_stats_path(self.path).unlink(missing_ok=True)
+        recover(self.root, self.path)  # truncates the dropped frames and end markers
+        every_chunk = {"write_empty_chunks": True}  # views with the new shapes
+        self._arrays = {k: self.root[f"data/{k}"].with_config(every_chunk) for k in self.specs}
+        self._ends = self.root[EPISODE_ENDS].with_config(every_chunk)
+        self._end = int(keep[-1]["end"]) if keep else 0
+        self._capacity = self._arrays["image"].shape[0]
+        return [dict(m) for m in dropped]
+
     def discard(self) -> None:
         """Drop the episode in progress (its queued and written frames become garbage to overwrite)."""
         self._generation += 1

@@ -27,6 +27,7 @@ DEFAULT_BUTTONS: dict[str, Any] = {
     "prev_joint": 4, "next_joint": 5,  # LB, RB
     "hold": 8,  # Guide
     "store": 10,  # right stick click
+    "discard": 9,  # left stick click: moss-record discards the episode in progress
     "quit": None,
 }
 DEFAULT_AXES: dict[str, Any] = {"x": 1, "y": 0, "z": 4, "joint": 1}  # left stick y/x, right stick y

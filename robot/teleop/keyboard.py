@@ -25,6 +25,7 @@ DEFAULT_KEYS: dict[str, Any] = {
     "joint+": "up", "joint-": "down", "prev_joint": "[", "next_joint": "]",
     "open": "o", "close": "c", "hold": "space",
     "store": "return", "next": "tab", "prev": "backspace", "save": "s", "quit": "escape",
+    "discard": "delete",  # moss-record: discard the episode in progress
 }
 
 
@@ -77,7 +78,7 @@ class Keyboard:
             self.held.add(ev.key)
             if ev.key in self.snap_keys:
                 inp.snap = self.snap_keys[ev.key]
-            for action in ("store", "next", "prev", "save", "quit"):
+            for action in ("store", "next", "prev", "save", "quit", "discard"):
                 if ev.key == self.codes[action]:
                     inp.events.append(action)
             if ev.key == self.codes["mode"]:

@@ -37,7 +37,7 @@ class TeleopInput:
     toggle_mode: bool = False  # switch between EE and joint jog
     gripper: str | None = None  # "open" | "close"
     hold: bool = False  # cancel a snap motion and stay where the target is
-    events: list[str] = field(default_factory=list)  # app-level: "store", "next", "prev", "save", "quit"
+    events: list[str] = field(default_factory=list)  # app-level: "store", "next", "prev", "save", "quit", "discard"
 
     @property
     def jogging(self) -> bool:
