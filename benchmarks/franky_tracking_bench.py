@@ -2,6 +2,8 @@
 for several relative dynamics factors and stream speeds; plus what the display crop costs per frame.
 
     python benchmarks/franky_tracking_bench.py            # ~40 s; writes benchmarks/results/franky_tracking.json
+    python benchmarks/franky_tracking_bench.py --smooth   # ~1 min; arm.target_velocity zero vs stream, side by
+                                                          # side: benchmarks/results/franky_smooth.json
 
 Tracking is measured like the control loop sees it: at each tick, the distance between the measured
 joints and the target sent one period earlier (max over joints), and the same for franky's
@@ -74,6 +76,70 @@ def run_stream(arm: FrankaArm, q_goal: np.ndarray, peak_speed: float, period: fl
             "final": float(np.abs(arm.state().q - q_goal).max()), "settle_s": settle, "late_ticks": late}
 
 
+def run_sampled(arm: FrankaArm, q_goal: np.ndarray, peak_speed: float, period: float = 0.1,
+                dt: float = 0.005) -> dict:
+    """Stream a min-jerk move at 10 Hz and sample the joints every `dt` s: tracking lag (measured joints
+    against the min-jerk path, as a time shift) and jerk (third difference of the sampled joints)."""
+    traj = MinJerkTrajectory(arm.state().q, q_goal, peak_speed=peak_speed)
+    n = int(np.ceil(traj.duration / period))
+    t_s, q_s = [], []
+    t0 = time.monotonic()
+    k = 0
+    while True:
+        now = time.monotonic() - t0
+        if k <= n and now >= k * period:
+            arm.command(traj.sample(min(k * period, traj.duration)))
+            k += 1
+        t_s.append(now)
+        q_s.append(arm.state().q)
+        if now > traj.duration + 1.5:
+            break
+        time.sleep(max(0.0, t0 + len(t_s) * dt - time.monotonic()))
+    t_s, q_s = np.asarray(t_s), np.asarray(q_s)
+    grid = np.arange(0.0, t_s[-1], dt)
+    q = np.stack([np.interp(grid, t_s, q_s[:, j]) for j in range(7)], 1)
+    ref = np.stack([traj.sample(min(t, traj.duration)) for t in grid])
+    err = np.abs(q - ref).max(1)
+    moving = grid <= traj.duration
+    lags = np.arange(0.0, 0.6, dt)  # the time shift of the reference that best matches the motion
+    shift = [np.abs(q[moving] - np.stack([traj.sample(min(max(t - s, 0.0), traj.duration))
+                                           for t in grid[moving]])).max(1).mean() for s in lags]
+    jerk = np.abs(np.diff(q, 3, axis=0)).max(1) / dt**3
+    return {"peak_speed": peak_speed, "lag_s": float(lags[int(np.argmin(shift))]),
+            "error_max": float(err[moving].max()), "error_mean": float(err[moving].mean()),
+            "jerk_p99": float(np.percentile(jerk, 99)), "jerk_rms": float(np.sqrt(np.mean(jerk**2))),
+            "final": float(np.abs(q_s[-1] - q_goal).max())}
+
+
+def smooth_main(factor: float = 0.5) -> None:
+    """arm.target_velocity zero (a JointMotion ending at rest per target) vs stream, the same moves, one run."""
+    out = Path(__file__).resolve().parent / "results" / "franky_smooth.json"
+    results = {"machine": machine_info(), "relative_dynamics_factor": factor, "runs": []}
+    proc = start_sim(out.parent / "franky_sim_bench.log")
+    try:
+        arm = FrankaArm("127.0.0.1", gripper=False, relative_dynamics_factor=factor,
+                        safety=SafetyChecker(SafetyLimits(max_step=0.1, max_deviation=0.6)))
+        home = arm.state().q
+        for speed in PEAK_SPEEDS:
+            for mode in ("zero", "stream"):  # side by side, each move there and back
+                arm.target_velocity = mode
+                for goal in (home + DELTA, home):
+                    r = run_sampled(arm, goal, speed)
+                    r["target_velocity"] = mode
+                    results["runs"].append(r)
+                    print(f"peak {speed:.2f} rad/s {mode:6s}: lag {1e3 * r['lag_s']:.0f} ms, error max "
+                          f"{r['error_max']:.3f} mean {r['error_mean']:.3f} rad, jerk p99 {r['jerk_p99']:.0f} "
+                          f"rms {r['jerk_rms']:.0f} rad/s^3, final {r['final']:.4f}")
+                    arm.stop()
+        arm.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    results["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
 def crop_cost(n: int = 200) -> dict:
     """ms per 720p frame: plain bilinear warp vs area-averaged (antialiased) crop, same corners."""
     rng = np.random.default_rng(0)
@@ -121,4 +187,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    smooth_main() if "--smooth" in sys.argv else main()

@@ -33,7 +33,8 @@ Failures while planning (an exception, a non-finite action) are raised by `selec
 planner's: the next one) as `PlannerError`, so the control loop stops the arm and ends the trial with
 reason "controller" and the message; so is a hold longer than `max_late_streak` steps (the planner cannot
 keep up: the arm no longer follows what the camera sees). The loop reports `loop_stats()` with its
-deadline statistics.
+deadline statistics, plus the policy's own when it has them (a `RemotePolicy` served by moss-serve,
+`planner.remote`: round trips, failures, reconnects; moss_vla/remote_policy.py).
 """
 
 from __future__ import annotations

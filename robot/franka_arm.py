@@ -1,7 +1,12 @@
 """Franka Research 3 through franky: the `Arm` interface with our safety checks in front.
 
 Each 10 Hz absolute joint target becomes one asynchronous `JointMotion`; franky replans from the
-current motion state when the next one arrives, so the arm moves smoothly through the stream.
+current motion state when the next one arrives. A `JointMotion` to a bare position ends at zero velocity,
+so between targets franky plans to brake; with `target_velocity="stream"` each target is sent as a
+`JointState(position, velocity)` with the velocity the stream implies through it (the step from the
+previous target over the time between the two, capped at the safety checker's max_step per `stream_period`,
+zero when the stream (re)starts or pauses), so the arm passes through targets instead of braking at each.
+Tracking lag and jerk of both, side by side on franky-sim: benchmarks/franky_tracking_bench.py.
 Facts about franky that shape this file (docs/design.md section 5.3):
   - `Robot(ip, realtime_config=RealtimeConfig.Ignore)` on a kernel without PREEMPT_RT;
   - the relative dynamics factor is set on the robot (`robot.relative_dynamics_factor = f`), never
@@ -81,6 +86,8 @@ class FrankaArm:
         recover_on_connect: bool = False,
         collision_torque_threshold: float | None = None,
         collision_force_threshold: float | None = None,
+        target_velocity: str = "zero",
+        stream_period: float = 0.1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         franky = _import_franky()
@@ -94,6 +101,11 @@ class FrankaArm:
         self.gripper_min_change = float(gripper_min_change)
         self._clock = clock
         self._last_target: np.ndarray | None = None  # last joint target sent (None: stream restarts)
+        self._last_sent = 0.0  # time.monotonic() of the last joint target sent
+        if target_velocity not in ("zero", "stream"):
+            raise ArmError(f"arm.target_velocity must be zero or stream, got {target_velocity!r}", kind="setup",
+                           recoverable=False)
+        self.target_velocity, self.stream_period = target_velocity, float(stream_period)
         self._gripper_sent: float | None = None
         self._gripper_pending: float | None = None
         self._gripper_future: Any = None
@@ -178,18 +190,34 @@ class FrankaArm:
         if self.robot.has_errors:
             raise ArmError(f"the arm is in an error state ({self._current_errors()}); call recover()",
                            kind="reflex")
-        motion = self._franky.JointMotion(q.astype(np.float64))  # float64: franky rejects int arrays
+        now = time.monotonic()
+        if self.target_velocity == "stream":
+            target = self._franky.JointState(q.astype(np.float64), self._stream_velocity(q, now))
+        else:
+            target = q.astype(np.float64)  # float64: franky rejects int arrays
+        motion = self._franky.JointMotion(target)
         try:
             self.robot.move(motion, asynchronous=True)
         except self._errors as e:
             self._last_target = None
             raise ArmError(f"franky refused the joint motion: {e}", kind=_kind_of(e)) from e
-        self._last_target = q
+        self._last_target, self._last_sent = q, now
         self.n_sent += 1
         if width is None:
             width = self._gripper_pending  # a width that waited for the previous gripper command
         if width is not None:
             self._command_gripper(width)
+
+    def _stream_velocity(self, q: np.ndarray, now: float) -> np.ndarray:
+        """The velocity (7,) to pass `q` with: the stream's last step over its time, 0 at a (re)start or pause."""
+        if self._last_target is None:
+            return np.zeros(7)
+        dt = now - self._last_sent
+        if dt > 2 * self.stream_period:  # the stream paused: arrive at rest
+            return np.zeros(7)
+        v = (q - self._last_target) / max(dt, 0.5 * self.stream_period)
+        cap = self.safety.limits.max_step / self.stream_period
+        return np.clip(v, -cap, cap).astype(np.float64)
 
     def stop(self) -> None:
         """Decelerate to a stop and hold. Never raises: it runs in cleanup paths after other errors

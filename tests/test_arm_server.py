@@ -151,3 +151,26 @@ def test_franky_sim_behind_the_arm_server_dropped_client_stops_the_arm(franky_si
         arm2.close()
     finally:
         server.stop()
+
+
+def test_franka_stream_velocity_targets_pass_through_and_end_at_rest(franky_sim):
+    """arm.target_velocity=stream: targets carry the stream's velocity (zero at a start, capped by max_step per
+    period); the arm follows and comes to rest on the last target once the stream holds it."""
+    from robot.franka_arm import FrankaArm
+
+    franka = FrankaArm("127.0.0.1", gripper=False, relative_dynamics_factor=0.5, target_velocity="stream")
+    q0 = franka.state().q
+    assert not franka._stream_velocity(q0 + 0.05, time.monotonic()).any()  # a stream starts from rest
+    q = q0.copy()
+    for _ in range(8):
+        q = q + 0.03 * np.array([1, 0, 0, 1, 0, 0, 1])
+        franka.command(q)
+        time.sleep(0.1)
+    v = franka._stream_velocity(q + 0.03, franka._last_sent + 0.1)
+    np.testing.assert_allclose(v, 0.3, atol=1e-9)  # the step over the period
+    assert np.abs(franka._stream_velocity(q + 0.5, franka._last_sent + 0.1)).max() == pytest.approx(1.0)  # capped
+    for _ in range(10):  # the stream holds the last target: velocity 0, the arm settles on it
+        franka.command(q)
+        time.sleep(0.1)
+    assert np.abs(franka.state().q - q).max() < 0.01 and wait_still(franka, 2.0, tol=0.01) is not None
+    franka.stop()
