@@ -6,6 +6,7 @@
                                            --drop-damaged also drop episodes holding damaged chunks
   moss-data drop PATH [EPISODE ...] [--where KEY=VALUE]   remove episodes (crash-safe)
   moss-data export-lerobot SRC DST         write a LeRobotDataset (v3.0, video) for lerobot 0.4.4
+  moss-data import-lerobot SRC DST         read a local LeRobotDataset (v3.0) into a new store
 
 It takes store paths, not a hydra config: `moss-data --cfg` says so (the other moss-* commands print
 their composed config there).
@@ -122,6 +123,19 @@ def _drop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from moss_vla.episodes.lerobot_import import import_lerobot
+
+    r = import_lerobot(args.src, args.dst, image_key=args.image_key, state_key=args.state_key,
+                       action_key=args.action_key, gripper_key=args.gripper_key, image_size=args.image_size,
+                       task=args.task, episodes=args.episodes)
+    step = f", 1 of every {r['frame_step']} source frames (10 Hz)" if r["frame_step"] > 1 else ""
+    print(f"wrote {r['episodes']} episodes, {r['frames']} frames to {r['dst']} (image {r['image_key']} -> "
+          f"{r['image_shape']}, state {r['state_key']}, action {r['action_key']}{step}"
+          + (f"; stimulus keys {r['moss_features']}" if r["moss_features"] else "") + ")")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="moss-data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -158,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", action="store_true",
                    help="store PNG image features instead of video (fallback if no video encoder works)")
     p.set_defaults(func=_export)
+    p = sub.add_parser("import-lerobot", help="read a local LeRobotDataset (v3.0) into a new store")
+    p.add_argument("src", help="the dataset root (the directory holding meta/info.json)")
+    p.add_argument("dst", help="new episode store path")
+    p.add_argument("--image-key", default=None, help="image/video feature (default: the only one, or "
+                                                     "observation.images.display)")
+    p.add_argument("--state-key", default="observation.state", help="(8,) joints + gripper, or (7,) with --gripper-key")
+    p.add_argument("--action-key", default="action", help="(8,) absolute joint targets + gripper, or (7,)")
+    p.add_argument("--gripper-key", default=None, help="a (1,) gripper feature appended to 7-value state/action")
+    p.add_argument("--image-size", type=int, default=None, help="centre-crop to a square and resize (e.g. 224)")
+    p.add_argument("--task", default=None, help="episode metadata 'task' (default: from our export, else lerobot)")
+    p.add_argument("--episodes", type=int, nargs="+", default=None, help="only these source episodes")
+    p.set_defaults(func=_import)
     return ap
 
 

@@ -2,10 +2,13 @@
 
 Uses lerobot's own writer (`LeRobotDataset.create`, `add_frame`, `save_episode`, `finalize`).
 Features: the display crop as a video (`observation.images.display`, AV1 via the libsvtav1 encoder
-bundled in PyAV's wheels), `observation.state` (8), `action` (8); the instruction is the LeRobot
-task string; fps from the store. LeRobot timestamps are frame_index / fps (LeRobot requires an
-exact 1/fps grid; the camera timestamps are kept in the moss_episodes.json sidecar with the rest of
-the per-episode metadata).
+bundled in PyAV's wheels), `observation.state` (8), `action` (8), and every other per-frame key of the
+store as `moss.<key>` (`moss.stim_label`, `moss.stim_phase`, `moss.stim_xy`, `moss.stim_interaction`,
+`moss.stim_time_to_deadline`, `moss.timestamp`: the camera's capture time), in the store's dtypes; the
+instruction is the LeRobot task string; fps from the store. LeRobot timestamps are frame_index / fps
+(LeRobot requires an exact 1/fps grid). The per-episode metadata (task, seed, label and phase names,
+success, ...) and the store's metadata go to the `meta/moss_episodes.json` sidecar; `moss-data
+import-lerobot` (lerobot_import.py) reads all of it back.
 
 Reading it back: `LeRobotDataset(repo_id, root=dst, video_backend="pyav")`. On machines without
 the FFmpeg shared libraries torchcodec (lerobot's default decoder) cannot load, hence "pyav".
@@ -21,21 +24,28 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from moss_vla.episodes.schema import frame_keys
 from moss_vla.episodes.store import EpisodeStore
 
 IMAGE_FEATURE = "observation.images.display"
 JOINT_NAMES = [f"joint_{i}" for i in range(1, 8)] + ["gripper_width"]
 SIDECAR = "moss_episodes.json"
+EXTRA_PREFIX = "moss."  # every other per-frame key of the store: moss.stim_label, ..., moss.timestamp
 
 
 def lerobot_features(image_shape: Sequence[int], use_videos: bool = True) -> dict[str, dict]:
     """LeRobot feature spec of an exported store."""
-    return {
+    feats = {
         IMAGE_FEATURE: {"dtype": "video" if use_videos else "image", "shape": tuple(image_shape),
                         "names": ["height", "width", "channels"]},
         "observation.state": {"dtype": "float32", "shape": (8,), "names": JOINT_NAMES},
         "action": {"dtype": "float32", "shape": (8,), "names": JOINT_NAMES},
     }
+    for spec in frame_keys(tuple(image_shape)).values():
+        if spec.name not in ("image", "state", "action"):
+            feats[EXTRA_PREFIX + spec.name] = {"dtype": spec.dtype.name, "shape": spec.frame_shape or (1,),
+                                               "names": None}
+    return feats
 
 
 def export_lerobot(
@@ -70,13 +80,15 @@ def export_lerobot(
     sidecar = []
     try:
         for i in tqdm(chosen, desc=f"export {Path(src).name}", unit="episode", disable=not progress):
-            ep = store.episode(i, ["image", "state", "action", "timestamp"])
+            ep = store.episode(i)
             meta = store.episode_meta(i)
+            extra = [k for k in store.keys if k not in ("image", "state", "action")]
             for t in range(len(ep["state"])):
                 ds.add_frame({
                     IMAGE_FEATURE: ep["image"][t],
                     "observation.state": ep["state"][t].astype(np.float32),
                     "action": ep["action"][t].astype(np.float32),
+                    **{EXTRA_PREFIX + k: np.asarray(ep[k][t]).reshape(-1) for k in extra},
                     "task": meta["instruction"],
                 })
             ds.save_episode()
