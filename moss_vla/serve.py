@@ -172,6 +172,19 @@ class PolicyServer(Service):
         log.info("session %d opened by %s (settings %s)", session.id, peer, given or "the checkpoint's")
         return session
 
+    def warm_up(self) -> float:
+        """Plan once on a blank frame before serving (the first plan builds the sampler's trace, slow enough
+        to make a rig's first chunk late); the RNG is left as it was. Returns the seconds it took."""
+        t0, rng = time.perf_counter(), _rng_state()
+        session = _Session(0, "warm-up", self.base_config)
+        s = int(self.base_config.input_image_size)
+        obs = {"image": np.zeros((s, s, 3), np.uint8), "state": np.zeros(int(self.base_config.state_dim), np.float32)}
+        for seq, op in enumerate(("reset", "observe", "plan"), 1):
+            self._request(session, op, {"seq": seq, "instruction": "warm up"}, obs)
+        self._close(session)
+        _set_rng_state(rng)
+        return time.perf_counter() - t0
+
     # ---- on the policy thread ------------------------------------------------------------------------
     def _close(self, session: _Session) -> None:
         self.sessions.pop(session.id, None)

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     policy = load_policy(cfg, "moss-serve").eval()
     server = PolicyServer(policy, host=str(cfg.host), port=int(cfg.port), token=token,
                           allow_remote=bool(cfg.allow_remote), label=str(cfg.checkpoint))
-    print(f"moss-serve: {cfg.checkpoint} on {policy.device}, listening on ws://{cfg.host}:{cfg.port} "
+    seconds = server.warm_up()
+    print(f"moss-serve: {cfg.checkpoint} on {policy.device} (warmed up in {seconds:.1f} s), listening on ws://{cfg.host}:{cfg.port} "
           f"(Ctrl-C stops)", flush=True)
     asyncio.run(server.serve())
     return 0
