@@ -4,6 +4,7 @@
   moss-data check PATH [--quick]           validate the store; exit code 0 (ok) or 1 (problems)
   moss-data repair PATH [--drop-damaged]   truncate uncommitted data left by an interrupted writer; with
                                            --drop-damaged also drop episodes holding damaged chunks
+  moss-data view PATH [--episodes ...] [--save out.rrd]   episodes in rerun (frames, series, stimulus)
   moss-data drop PATH [EPISODE ...] [--where KEY=VALUE]   remove episodes (crash-safe)
   moss-data export-lerobot SRC DST         write a LeRobotDataset (v3.0, video) for lerobot 0.4.4
   moss-data import-lerobot SRC DST         read a local LeRobotDataset (v3.0) into a new store
@@ -136,6 +137,15 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _view(args: argparse.Namespace) -> int:
+    from moss_vla.episodes.viewer import view_store
+
+    r = view_store(args.path, episodes=args.episodes, save=args.save)
+    where = f"wrote {r['save']} (open it with `rerun {r['save']}`)" if r["save"] else "sent to the rerun viewer"
+    print(f"{args.path}: episodes {r['episodes']}, {r['frames']} frames {where}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="moss-data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write the store again without the episodes that hold damaged chunks (crash-safe; the "
                         "damaged store is kept as <path>.damaged-<time>)")
     p.set_defaults(func=_repair)
+    p = sub.add_parser("view", help="show episodes in rerun: frames, state/action series, the stimulus")
+    p.add_argument("path")
+    p.add_argument("--episodes", type=int, nargs="+", default=None, help="episode indices (default: all)")
+    p.add_argument("--save", default=None, metavar="OUT.rrd",
+                   help="write a rerun recording file instead of opening the viewer (needs no display)")
+    p.set_defaults(func=_view)
     p = sub.add_parser("drop", help="remove episodes from a store (crash-safe; indices as moss-data info counts them)")
     p.add_argument("path")
     p.add_argument("episodes", nargs="*", type=int, help="episode indices (negative: from the end, -1 the last)")

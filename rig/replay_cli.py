@@ -80,7 +80,8 @@ def _pct(values: list[float] | np.ndarray, q: float) -> float | None:
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def replay_episode(cfg: DictConfig, store: Any, index: int, policy: Any | None = None) -> dict[str, Any]:
+def replay_episode(cfg: DictConfig, store: Any, index: int, policy: Any | None = None,
+                   logger: Any | None = None) -> dict[str, Any]:
     """Play episode `index` of `store` through the loop (see module docstring); returns its report."""
     from robot.cameras.replay import ReplayCamera
     from robot.clock import RealClock, SimClock
@@ -106,7 +107,11 @@ def replay_episode(cfg: DictConfig, store: Any, index: int, policy: Any | None =
                        # played as fast as read, recorded frames have no arrival times: the loop clock paces
                        sync=str(cfg.rig.loop_sync) if realtime else "clock")
     n = len(data["timestamp"])
-    result = loop.run(max_steps=n + 1)  # the (n+1)th read ends the stream: reason "end_of_stream"
+    if logger is not None:  # robot/rerun_logger.py; the recorded episode's targets and, after it, its score
+        logger.start_episode(f"replay/episode_{index}", controller, (meta.get("targets") or {}).get("ee") or {})
+    result = loop.run(max_steps=n + 1, on_step=[logger] if logger is not None else ())  # the (n+1)th read ends
+    if logger is not None:                                               # the stream: reason "end_of_stream"
+        logger.outcome((meta.get("score") or {}).get("interactions") or [], result.reason, result.message)
     camera.close()
     s = result.summary()
     report: dict[str, Any] = {"episode": index, "frames": n, "loop_end": result.reason, "message": result.message,
@@ -163,8 +168,17 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
             torch.set_num_threads(int(cfg.threads))
         policy = MossVLAPolicy.from_pretrained(resolve_checkpoint(cfg.checkpoint))
         policy.to(resolve_device(cfg.get("device", "auto"))).eval()  # bf16 autocast on a GPU (moss_vla/device.py)
-    reports = [replay_episode(cfg, store, i, policy)
-               for i in tqdm(episodes, desc="replay", unit="ep", disable=not cfg.progress)]
+    logger = None
+    if cfg.get("rerun"):
+        from robot.rerun_logger import RerunStepLogger
+
+        logger = RerunStepLogger(str(cfg.rerun), "moss-vla/moss-replay")
+    try:
+        reports = [replay_episode(cfg, store, i, policy, logger)
+                   for i in tqdm(episodes, desc="replay", unit="ep", disable=not cfg.progress)]
+    finally:
+        if logger is not None:
+            logger.close()
     out: dict[str, Any] = {"store": str(store_path.resolve()), "mode": "policy" if policy is not None else "actions",
                            "checkpoint": str(cfg.checkpoint) if policy is not None else None,
                            "remote": cfg.planner.get("remote"),
@@ -187,7 +201,8 @@ def replay(cfg: DictConfig) -> dict[str, Any]:
 
 REPLAY_RULES = {"episode": integer(0, optional=True, hint="an episode index of the store, or null for all"),
                 "threads": integer(0), "realtime": flag(), "progress": flag(),
-                "planner.remote": Rule("str", optional=True, hint="<host>:<port> of a moss-serve, or null")}
+                "planner.remote": Rule("str", optional=True, hint="<host>:<port> of a moss-serve, or null"),
+                "rerun": Rule("str", optional=True, hint="a file.rrd to log every step to, or null")}
 
 
 @command("moss-replay")

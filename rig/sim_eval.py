@@ -178,6 +178,11 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     from robot.chunk_planner import make_controller
 
     ckpt = resolve_checkpoint(cfg.checkpoint) if cfg.get("checkpoint") else None
+    logger = None
+    if cfg.get("rerun"):  # before the checkpoint loads: a bad path is an error before any work
+        from robot.rerun_logger import RerunStepLogger
+
+        logger = RerunStepLogger(str(cfg.rerun), "moss-vla/moss-sim-eval")
     if policy is None:
         policy = load_policy(cfg, "moss-sim eval")
     policy.eval()
@@ -200,12 +205,16 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
         rig = build_sim_rig(cfg, seed)
         label_names = rig.task.label_names
         torch.manual_seed(seed)
-        outcome = rig.run_episode(controller, writer=None, operator="policy")
+        if logger is not None:
+            logger.start_episode(f"trials/seed_{seed}", controller, rig.targets.ee_positions())
+        outcome = rig.run_episode(controller, writer=None, operator="policy", on_step=logger)
         scored = outcome.score.results
         if outcome.loop.reason != "duration":  # a fault ended it (policy raised / non-finite action, safety, arm)
             scored = stopped_early(scored, float(outcome.times[-1]) if len(outcome.times) else -np.inf,
                                    outcome.loop.reason)
         take = scored[: n_trials - len(results)]
+        if logger is not None:
+            logger.outcome(take, outcome.loop.reason, outcome.loop.message)
         results += take
         planned = {k: v for k, v in outcome.loop.controller_stats.items()
                    if k in ("plans", "planner_late", "planner_failed", "planner_start_holds", "plan_delay_steps")
@@ -218,6 +227,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
         bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
         seed += 1
     bar.close()
+    if logger is not None:
+        logger.close()
     summary = summarize(results, label_names, near=2 * float(cfg.rig.scoring.tolerance))
     report = {"task": task, "checkpoint": str(ckpt) if ckpt else None, "trials": len(results),
               "eval_seeds": [seed0, seed - 1], "episodes": len(episodes), "wall_seconds": time.perf_counter() - wall0,
@@ -229,6 +240,7 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
               "planner_late_steps": sum(e.get("planner", {}).get("planner_late", 0) for e in episodes),
               # episodes a fault ended early, by the loop's reason (their trials fail as "stopped:<reason>")
               "faults": dict(Counter(e["loop_end"] for e in episodes if e["loop_end"] != "duration")),
+              "rerun": str(cfg.rerun) if cfg.get("rerun") else None,
               **summary, "episode_log": episodes}
     out = Path(str(cfg.eval_dir))
     out.mkdir(parents=True, exist_ok=True)
@@ -268,4 +280,5 @@ def eval_rules() -> dict:
             "threads": integer(0), "progress": flag(), "planner.mode": one_of("sync", "delayed"),
             "planner.lead": integer(0), "planner.delay": integer(0), "planner.max_late_streak": integer(1),
             "planner.remote": Rule("str", optional=True, hint="<host>:<port> of a moss-serve, or null"),
-            "planner.remote_timeout": number(above=0)}
+            "planner.remote_timeout": number(above=0),
+            "rerun": Rule("str", optional=True, hint="a file.rrd to log every step of every trial to, or null")}

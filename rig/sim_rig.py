@@ -138,9 +138,11 @@ class SimRig:
                                   self.targets.ee_positions(sorted(set(self.label_to_target.values()))),
                                   tolerance=float(sc.tolerance), dwell=float(sc.dwell))
 
-    def run_episode(self, controller: Any, writer: Any | None = None, operator: str | None = None) -> EpisodeOutcome:
+    def run_episode(self, controller: Any, writer: Any | None = None, operator: str | None = None,
+                    on_step: Any | None = None) -> EpisodeOutcome:
         """Run the task once with `controller` (policy or operator), write it (committed only if the loop
-        ran to the end) and score it. The success labels go into the episode metadata. A rig runs one
+        ran to the end) and score it. The success labels go into the episode metadata. `on_step(StepInfo)`
+        sees every step (e.g. robot/rerun_logger.py). A rig runs one
         episode (its clock, arm and camera move on): build a new one for the next."""
         if self.clock.now() != 0.0:
             raise RuntimeError("SimRig.run_episode: this rig already ran an episode; build_sim_rig(cfg, seed) again")
@@ -160,7 +162,8 @@ class SimRig:
         if writer is not None:
             writer.start_episode(self.episode_meta(name))
         try:
-            result = loop.run(duration=self.task.duration + float(self.cfg.rig.tail), on_step=[record])
+            result = loop.run(duration=self.task.duration + float(self.cfg.rig.tail),
+                              on_step=[record] + ([on_step] if on_step is not None else []))
         except BaseException:
             if writer is not None:
                 writer.discard()

@@ -82,6 +82,11 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                               f"its own eval_dir=..., or overwrite=true to replace them")
     out.mkdir(parents=True, exist_ok=True)
     trial_log.write_text("")
+    logger = None
+    if cfg.get("rerun"):
+        from robot.rerun_logger import RerunStepLogger
+
+        logger = RerunStepLogger(str(cfg.rerun), "moss-vla/moss-trial")
     results: list[InteractionResult] = []
     episodes: list[dict[str, Any]] = []
     label_names: list[str] = []
@@ -104,12 +109,16 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                 if cfg.get("max_minutes") and time.perf_counter() - wall0 > 60 * cfg.max_minutes:
                     break
                 torch.manual_seed(seed)
+                if logger is not None:
+                    logger.start_episode(f"trials/seed_{seed}", controller, rig.targets.ee_positions())
                 ep = run_live_episode(rig, controller, seed, stop, writer=writer, operator="policy",
-                                      progress=bool(cfg.progress))
+                                      progress=bool(cfg.progress), on_step=logger)
                 label_names = ep.label_names
                 if on_episode is not None:
                     on_episode(ep)
                 take = ep.trial_results()[: n_trials - len(results)]
+                if logger is not None:
+                    logger.outcome(take, ep.loop.reason, ep.loop.message)
                 summary = ep.loop.summary()
                 with trial_log.open("a") as f:
                     for r in take:
@@ -135,6 +144,8 @@ def run_trials(cfg: DictConfig, policy: Any | None = None,
                 controller.close()
             if writer is not None:
                 writer.close()
+            if logger is not None:
+                logger.close()
             rig.close()
     summary = summarize(results, label_names, near=2 * float(cfg.rig.scoring.tolerance))
     report = {"task": task_name, "checkpoint": str(ckpt) if ckpt else None, "trials": len(results),

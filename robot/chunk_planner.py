@@ -134,6 +134,12 @@ class ChunkPlanner:
         self._clear_episode()
         self._submit(_Job(self._generation, 0, None, False))
 
+    @property
+    def current_chunk(self) -> tuple[int, np.ndarray] | None:
+        """(the step whose observation it was planned from, the (n, A) chunk in use), None before the first plan
+        of the episode (for loggers: robot/rerun_logger.py)."""
+        return None if self._chunk is None else (self._origin, self._chunk)
+
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
         """The action (A,) for this step; hands `obs` over for observing (and planning) and never waits."""
         k = self._step
