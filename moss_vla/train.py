@@ -296,6 +296,7 @@ class MetricsLog:
         self.path = run_dir / "metrics.csv"
         self.rows: list[dict[str, Any]] = []
         self.tb = None
+        self.wandb: Any = None  # a Weights & Biases run (logger=wandb, start_wandb)
         self.t0, self.elapsed0 = time.perf_counter(), 0.0
         if enabled:
             if self.path.exists():  # resuming: keep the history up to the checkpoint (later rows are redone)
@@ -313,6 +314,8 @@ class MetricsLog:
         self.rows = [r for r in self.rows if int(r["step"]) != step] + [{"step": step, **metrics}]
         for k, v in metrics.items():
             self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({**metrics, "step": step})
         keys = ["step"] + sorted({k for r in self.rows for k in r} - {"step"})
         tmp = self.path.with_suffix(".tmp")
         with tmp.open("w", newline="") as f:
@@ -324,6 +327,32 @@ class MetricsLog:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
+
+
+WANDB_ID = "wandb_run_id.txt"  # in the run directory: `resume=` continues the same Weights & Biases run
+
+
+def start_wandb(cfg: DictConfig, run_dir: Path) -> Any:
+    """The Weights & Biases run of `logger=wandb`, beside metrics.csv and TensorBoard: its files under
+    <run>/wandb (offline by default: `wandb.mode`, no network; `wandb sync <run>/wandb/offline-run-*` uploads
+    later), the run's config, every logged row against `step`. A resumed run continues the run whose id is kept
+    in <run>/wandb_run_id.txt."""
+    import wandb
+
+    wc = cfg.get("wandb") or {}
+    id_file = run_dir / WANDB_ID
+    run_id = id_file.read_text().strip() if cfg.get("resume") and id_file.is_file() else None
+    run = wandb.init(project=str(wc.get("project") or "moss-vla"), entity=wc.get("entity"),
+                     name=str(wc.get("name") or run_dir.name), tags=list(wc.get("tags") or []),
+                     mode=str(wc.get("mode") or "offline"), dir=str(run_dir), id=run_id,
+                     resume="must" if run_id else None, config=OmegaConf.to_container(cfg, resolve=True))
+    id_file.write_text(run.id)
+    run.define_metric("step")
+    run.define_metric("*", step_metric="step")  # rows redone after a resume are not refused as out of order
+    return run
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -421,6 +450,8 @@ def train(cfg: DictConfig) -> TrainResult:
               f"policy {cfg.policy.name}/{cfg.model.name} {n_params / 1e6:.2f} M parameters; "
               f"device {device}, world size {world}; run dir {run_dir}", flush=True)
     metrics = MetricsLog(run_dir, is_main, start)
+    if is_main and cfg.get("logger") == "wandb":
+        metrics.wandb = start_wandb(cfg, run_dir)
     use_amp = bool(cfg.amp) and device.type == "cuda"
 
     step = start
@@ -490,6 +521,8 @@ TRAIN_RULES: dict[str, Rule] = {
     "policy.n_action_steps": integer(1),
     "policy.aux_label_weight": number(lo=0),
     "model.action_head.horizon": integer(1),
+    "logger": Rule("str", choices=("tensorboard", "wandb"), hint="logger=wandb adds Weights & Biases"),
+    "wandb.mode": Rule("str", choices=("offline", "online", "disabled")),
 }
 
 
