@@ -3,7 +3,8 @@
 Item for global step i of an episode [s, e):
   image (T, 3, H, W) float32 in [0, 1]: frames i-T+1 .. i; before s the frame s is repeated and
       `image_is_pad` marks the repeats (T = 8 at 10 FPS for the multi-frame policy, 1 single-frame);
-  state (8,) at i; action (H, 8) for steps i .. i+H-1, past e-1 the last action is repeated and
+  state (8,) at i (states (T, 8): at the window's frames, padded as they are); action (H, 8) for steps
+      i .. i+H-1, past e-1 the last action is repeated and
       `action_is_pad` marks it (H = 16); instruction, task, episode, index;
   stim_label at i (-1: no interaction) and stim_evidence: whether at least `label_evidence.min_frames`
       of the window's own frames show the stimulus in one of `label_evidence.phases` (always True
@@ -274,6 +275,7 @@ class WindowDataset(Dataset):
             "image": images,  # (T, 3, H, W)
             "image_is_pad": torch.from_numpy(image_pad),  # (T,)
             "state": state,
+            "states": torch.from_numpy(self._state[frames]),  # (T, 8) at the window's frames (lerobot's history)
             "action": torch.from_numpy(self._action[actions]),  # (H, 8)
             "action_is_pad": torch.from_numpy(action_pad),  # (H,)
             "stim_label": int(self._stim_label[i]),  # -1: no interaction in progress

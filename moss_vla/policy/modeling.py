@@ -322,6 +322,11 @@ class MossVLAPolicy(nn.Module):
             from moss_vla.groot_n15.policy import GrootN15Policy
 
             return GrootN15Policy.from_pretrained(directory)
+        if (directory / CONFIG_NAME).is_file() and _is_lerobot(directory / CONFIG_NAME):
+            # a lerobot policy (ACT, Diffusion Policy, ...) trained by moss-train: moss_vla/policy/lerobot_adapter.py
+            from moss_vla.policy.lerobot_adapter import LeRobotPolicy
+
+            return LeRobotPolicy.from_pretrained(directory)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a MossVLAPolicy checkpoint "
@@ -378,17 +383,31 @@ def check_same_architecture(expected: MossVLAConfig, actual: MossVLAConfig, sour
         raise ValueError(f"checkpoint {source} was trained with another config: " + "; ".join(diffs))
 
 
-def make_policy(cfg_policy: Any, cfg_model: Any, stats: dict[str, Any] | None = None) -> MossVLAPolicy:
-    """Build a policy from the hydra groups ``policy`` and ``model`` and the dataset statistics
-    (``model=groot_n15``: the bridge to the real GR00T N1.5, moss_vla/groot_n15/)."""
-    if _is_groot_n15(cfg_model):
-        from moss_vla.groot_n15.policy import GrootN15Config, GrootN15Policy
-
-        return GrootN15Policy(GrootN15Config.from_hydra(cfg_policy, cfg_model), stats)
-    return MossVLAPolicy(MossVLAConfig.from_hydra(cfg_policy, cfg_model), stats)
 def _is_groot_n15(cfg: Any) -> bool:
     from moss_vla.groot_n15.configuration import is_groot_n15  # imported here: groot_n15 imports this package
 
     return is_groot_n15(cfg)
 
 
+def _is_lerobot(config_json: Path) -> bool:
+    from moss_vla.policy.lerobot_adapter import is_lerobot_checkpoint
+
+    try:
+        return is_lerobot_checkpoint(json.loads(config_json.read_text()))
+    except ValueError:  # not JSON: the MossVLAPolicy path below names the file
+        return False
+
+
+def make_policy(cfg_policy: Any, cfg_model: Any, stats: dict[str, Any] | None = None) -> MossVLAPolicy:
+    """Build a policy from the hydra groups ``policy`` and ``model`` and the dataset statistics
+    (``model=groot_n15``: the bridge to the real GR00T N1.5, moss_vla/groot_n15/; ``policy=act|diffusion``, a
+    ``lerobot:`` block: one of lerobot's policies, moss_vla/policy/lerobot_adapter.py)."""
+    if cfg_policy.get("lerobot"):
+        from moss_vla.policy.lerobot_adapter import LeRobotPolicy
+
+        return LeRobotPolicy.from_hydra(cfg_policy, cfg_model, stats)
+    if _is_groot_n15(cfg_model):
+        from moss_vla.groot_n15.policy import GrootN15Config, GrootN15Policy
+
+        return GrootN15Policy(GrootN15Config.from_hydra(cfg_policy, cfg_model), stats)
+    return MossVLAPolicy(MossVLAConfig.from_hydra(cfg_policy, cfg_model), stats)

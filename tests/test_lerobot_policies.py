@@ -1,0 +1,130 @@
+"""lerobot's ACT and Diffusion Policy in our harness (moss_vla/policy/lerobot_adapter.py): trained by moss-train
+on a synthetic store, evaluated by `moss-sim eval` through the same trials, planner and scoring as our policies;
+bad checkpoints refused with messages that name what is wrong."""
+
+import json
+import os
+import shutil
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from moss_vla.config import compose_config
+from moss_vla.episodes import EpisodeWriter
+from moss_vla.episodes.synthetic import synthetic_episode, write_episode
+from moss_vla.policy import MossVLAPolicy
+from moss_vla.policy.lerobot_adapter import LeRobotPolicy
+from moss_vla.train import train
+from rig.sim_cli import main
+from tasks.targets import load_targets
+
+SIZE = 224  # the tiny preset's input_image_size: what the simulated camera gives
+# tiny lerobot policies: a few milliseconds per step, same classes
+TINY = {"act": ["+policy.lerobot.dim_model=32", "+policy.lerobot.n_heads=2", "+policy.lerobot.dim_feedforward=64",
+                "+policy.lerobot.n_vae_encoder_layers=1", "+policy.lerobot.n_encoder_layers=1", "policy.image_size=32"],
+        "diffusion": ["policy.lerobot.down_dims=[16,32,64]", "policy.lerobot.diffusion_step_embed_dim=16",
+                      "+policy.lerobot.spatial_softmax_num_keypoints=8", "policy.lerobot.num_inference_steps=3",
+                      "policy.image_size=32"]}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """6 synthetic episodes whose states and actions stay near the movesense_lr home pose (targets the
+    simulated arm's safety checks accept)."""
+    path = tmp_path_factory.mktemp("lerobot") / "synthetic.zarr"
+    home = load_targets("movesense_lr.yaml").home.q
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(path, image_shape=(SIZE, SIZE, 3), store_meta={"camera": {"name": "synthetic"}}) as w:
+        for seed in range(6):
+            meta, frames = synthetic_episode(seed, 12, (SIZE, SIZE, 3))
+            n = len(frames["image"])
+            frames["state"] = np.concatenate([home + rng.normal(0, 0.01, (n, 7)), np.full((n, 1), 0.04)], 1
+                                             ).astype(np.float32)
+            frames["action"] = frames["state"] + np.float32(0.005)
+            write_episode(w, {**meta, "task": "movesense_lr"}, frames)
+    return path
+
+
+def train_tiny(store, tmp_path, policy: str, *extra: str):
+    kind = "act" if policy == "act" else "diffusion"
+    cfg = compose_config([f"data.paths=[{store}]", f"policy={policy}", "model=tiny", "steps=2", "batch_size=2",
+                          f"out_dir={tmp_path / policy}", "log_every=1", "val_every=2", "val_batches=1",
+                          "ckpt_every=2", "device=cpu", *TINY[kind], *extra], "train")
+    return train(cfg)
+
+
+@pytest.mark.parametrize("policy", ["act", "diffusion"])
+def test_a_tiny_lerobot_policy_trains_and_is_scored_by_moss_sim_eval(store, tmp_path, policy):
+    torch.manual_seed(0)
+    result = train_tiny(store, tmp_path, policy)
+    ckpt = result.checkpoint
+    assert {"config.json", "model.safetensors", "stats.json", "moss_adapter.json"} <= {p.name for p in ckpt.iterdir()}
+    assert json.loads((ckpt / "config.json").read_text())["type"] == ("act" if policy == "act" else "diffusion")
+    rows = (tmp_path / policy / "metrics.csv").read_text().splitlines()
+    assert "val_action_mae" in rows[0] and len(rows) == 3  # validation ran through the adapter
+    loaded = MossVLAPolicy.from_pretrained(ckpt)  # the door every command loads checkpoints through
+    assert isinstance(loaded, LeRobotPolicy) and loaded.config.n_frames == (1 if policy == "act" else 2)
+    for a, b in zip(loaded.policy.state_dict().values(), result.policy.policy.state_dict().values(), strict=True):
+        assert torch.equal(a, b.cpu())
+    # lerobot's own loader reads the same files
+    assert type(loaded.policy).from_pretrained(ckpt).config.type == loaded.config.type
+
+    out = tmp_path / "eval"
+    with mock.patch.dict(os.environ, {"MOSS_DEBUG": "1"}):
+        assert main(["eval", f"checkpoint={ckpt}", "task=movesense_lr", "trials=2", "progress=false",
+                     f"eval_dir={out}", "planner.mode=delayed"]) == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["trials"] == 2 == report["overall"]["trials"] and report["faults"] == {}
+    assert report["planner"]["mode"] == "delayed" and report["policy_settings"]["n_action_steps"] == 8
+    assert sum(report["overall"]["failures"].values()) == 2 - report["overall"]["success"]
+    plans = [e["planner"]["plans"] for e in report["episode_log"]]
+    assert all(p > 3 for p in plans)  # the chunk planner ran the policy's chunks, one every few steps
+
+
+def test_the_chunk_starts_at_the_newest_observation_and_history_is_the_policys_own(store, tmp_path):
+    """Diffusion Policy with n_obs_steps 2: the history is the last two frames and states (the first repeated
+    at an episode's start), and a fixed inference seed gives the same chunk from the same history."""
+    policy = train_tiny(store, tmp_path, "diffusion").policy.eval()
+    policy.config = type(policy.config)(**{**policy.config.__dict__, "inference_seed": 3})
+    rng = np.random.default_rng(1)
+    obs = [{"image": rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8),
+            "state": np.asarray(policy.normalizer.state_mean.tolist(), np.float32), "instruction": "x"}
+           for _ in range(3)]
+    policy.reset()
+    policy.observe(obs[0])
+    assert len(policy._frames_seen) == 2 and torch.equal(policy._frames_seen[0], policy._frames_seen[1])
+    first = policy.plan(obs[0])
+    assert first.shape == (16, 8) and np.isfinite(first).all()
+    window = {"image": torch.stack([torch.from_numpy(o["image"]).permute(2, 0, 1).float() / 255 for o in obs[:2]])[None],
+              "states": torch.from_numpy(np.stack([o["state"] for o in obs[:2]]))[None]}
+    policy.observe(obs[1])
+    np.testing.assert_allclose(policy.plan(obs[1]), policy.predict_action_chunk(window, seed=3)[0].numpy(), atol=1e-5)
+
+
+def test_bad_lerobot_checkpoints_are_refused_naming_what_is_wrong(store, tmp_path):
+    ckpt = train_tiny(store, tmp_path, "act").checkpoint
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    (bad / "moss_adapter.json").unlink()  # e.g. lerobot-train's own output: no normalisation of ours
+    with pytest.raises(FileNotFoundError, match=r"moss_adapter.json not found: not a complete lerobot checkpoint"):
+        MossVLAPolicy.from_pretrained(bad)
+    shutil.copy(ckpt / "moss_adapter.json", bad / "moss_adapter.json")
+    (bad / "model.safetensors").write_bytes(b"not safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors: cannot be read as safetensors"):
+        MossVLAPolicy.from_pretrained(bad)
+    shutil.copy(ckpt / "model.safetensors", bad / "model.safetensors")
+    adapter = json.loads((ckpt / "moss_adapter.json").read_text())
+    (bad / "moss_adapter.json").write_text(json.dumps({**adapter, "type": "diffusion"}))
+    with pytest.raises(ValueError, match=r"config.json is a lerobot 'act' policy, moss_adapter.json says 'diffusion'"):
+        MossVLAPolicy.from_pretrained(bad)
+    config = json.loads((ckpt / "config.json").read_text())
+    (bad / "moss_adapter.json").write_text(json.dumps(adapter))
+    (bad / "config.json").write_text(json.dumps({**config, "dim_model": 64}))  # weights of another size
+    with pytest.raises(ValueError, match=r"does not fit this act policy's config .*shape mismatches"):
+        MossVLAPolicy.from_pretrained(bad)
+    with pytest.raises(ValueError, match=r"'nope' is not a lerobot policy type"):
+        train_tiny(store, tmp_path / "x", "act", "policy.lerobot.type=nope")
+    with pytest.raises(ValueError, match=r"\['no_such_field'\] are not fields of lerobot's ACTConfig"):
+        train_tiny(store, tmp_path / "y", "act", "+policy.lerobot.no_such_field=1")
