@@ -123,10 +123,15 @@ def test_garbage_gets_an_error_and_the_server_goes_on(sim_server):
     RemoteArm(sim_server.address, token="secret").close()
 
 
-def test_franky_sim_behind_the_arm_server_dropped_client_stops_the_arm(franky_sim):
+@pytest.fixture(scope="module")
+def franka(franky_sim):
+    """One franky client for the module (a second Robot connection to franky-sim ends the process)."""
     from robot.franka_arm import FrankaArm
 
-    franka = FrankaArm("127.0.0.1", gripper=False, relative_dynamics_factor=0.5)
+    return FrankaArm("127.0.0.1", gripper=False, relative_dynamics_factor=0.5)
+
+
+def test_franky_sim_behind_the_arm_server_dropped_client_stops_the_arm(franka):
     server = ArmServer(franka, port=0, watchdog_s=WATCHDOG).start()
     try:
         arm = RemoteArm(server.address, serves="franka")
@@ -153,12 +158,11 @@ def test_franky_sim_behind_the_arm_server_dropped_client_stops_the_arm(franky_si
         server.stop()
 
 
-def test_franka_stream_velocity_targets_pass_through_and_end_at_rest(franky_sim):
+def test_franka_stream_velocity_targets_pass_through_and_end_at_rest(franka):
     """arm.target_velocity=stream: targets carry the stream's velocity (zero at a start, capped by max_step per
     period); the arm follows and comes to rest on the last target once the stream holds it."""
-    from robot.franka_arm import FrankaArm
-
-    franka = FrankaArm("127.0.0.1", gripper=False, relative_dynamics_factor=0.5, target_velocity="stream")
+    franka.target_velocity = "stream"
+    franka.stop()  # a new stream
     q0 = franka.state().q
     assert not franka._stream_velocity(q0 + 0.05, time.monotonic()).any()  # a stream starts from rest
     q = q0.copy()
@@ -174,3 +178,4 @@ def test_franka_stream_velocity_targets_pass_through_and_end_at_rest(franky_sim)
         time.sleep(0.1)
     assert np.abs(franka.state().q - q).max() < 0.01 and wait_still(franka, 2.0, tol=0.01) is not None
     franka.stop()
+    franka.target_velocity = "zero"
