@@ -29,8 +29,9 @@ from rig.sim_cli import main as sim_main
 from rig.sim_eval import untrained_checkpoint
 
 SHORT = ["task.n_patterns=1", "progress=false"]  # ~5 s simulated episodes
+ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "SDL_VIDEODRIVER": "dummy",
-       "SDL_AUDIODRIVER": "dummy"}
+       "SDL_AUDIODRIVER": "dummy", "PYTHONPATH": str(ROOT)}  # this checkout, whatever is installed
 
 
 def run(main, argv, capsys) -> tuple[int, str]:
@@ -361,3 +362,22 @@ def test_simulated_arm_faults_end_a_recording_cleanly(tmp_path, kind, reason):
     report = json.loads(next(tmp_path.glob("record_*.json")).read_text())
     assert report["episodes"][0]["end_reason"] == reason and report["episodes_committed"] == 0
     assert check_store(out).ok and writer_pid(out) is None
+
+
+def test_ctrl_c_inside_a_commit_stays_an_interrupt(store, monkeypatch):
+    """A Ctrl-C that lands inside EpisodeWriter.commit must stop the command (exit 130), not turn into an
+    EpisodeWriteError (exit 1); the store keeps its committed episodes (found by benchmarks/faults_bench.py)."""
+    w = EpisodeWriter(store, image_shape=(16, 16, 3))
+    w.start_episode({"task": "t", "instruction": "i"})
+    w.add_frame(np.zeros((16, 16, 3), np.uint8), state=np.zeros(8), action=np.zeros(8), timestamp=0.0)
+
+    def interrupted(coro):  # the signal arrives in the main thread while it waits for zarr's writes
+        coro.close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("moss_vla.episodes.writer.sync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        w.commit()
+    w.discard()
+    w.close()
+    assert EpisodeStore(store).n_episodes == 3 and check_store(store).ok

@@ -398,6 +398,8 @@ class EpisodeWriter:
         except BaseException as exc:
             self._failed = EpisodeWriteError(f"{self.path}: commit of episode {index} failed: {exc}; "
                                              f"discard() it (the store keeps the committed episodes)")
+            if not isinstance(exc, Exception):  # Ctrl-C / SIGTERM (KeyboardInterrupt): the command stops as asked
+                raise
             raise self._failed from exc
         self._metas.append(meta)
         self._end = end
