@@ -5,7 +5,8 @@
     usage error (`ConfigError`: a config value, an override) and 1 for anything else that went wrong at
     run time (a damaged store, a missing checkpoint, a read-only directory, a second writer, ...);
     no traceback unless `MOSS_DEBUG=1` asks for it (then the exception propagates as it is);
-  - Ctrl-C (SIGINT) and SIGTERM stop the command: both raise KeyboardInterrupt in the main thread (a
+  - Ctrl-C (SIGINT) and SIGTERM stop the command: both raise KeyboardInterrupt in the main thread, never
+    inside a `deferred_interrupts` section (an episode commit: raised when it ends) (a
     session that installs its own handler, robot/stop_conditions.py `StopFlag.sigint_sets`, turns the first
     one into a stop request instead); the command's `finally` blocks close stores and child processes
     on the way out, and it exits 130. Once interrupted, further Ctrl-C / SIGTERM are ignored while the
@@ -38,8 +39,41 @@ def debug() -> bool:
     return os.environ.get("MOSS_DEBUG", "") not in ("", "0", "false")
 
 
+_critical = 0  # depth of `deferred_interrupts` sections on the main thread
+_pending: str | None = None  # a signal that arrived inside one, raised when the outermost section ends
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    interrupt(signal.Signals(signum).name)
+
+
+def interrupt(reason: str = "SIGINT") -> None:
+    """Raise KeyboardInterrupt now, or, inside a `deferred_interrupts` section, as soon as it ends."""
+    global _pending
+    if _critical:
+        _pending = reason
+        return
+    raise KeyboardInterrupt(reason)
+
+
+@contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """A section a Ctrl-C / SIGTERM must not cut in two (an episode commit, a queue hand-over: a
+    KeyboardInterrupt raised between a lock's acquire and release leaves the lock held and the writer's
+    thread waiting on it for ever). Under the front door's handlers a signal that arrives inside is raised
+    when the section ends; elsewhere (no handler of ours installed) this changes nothing."""
+    global _critical, _pending
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _critical += 1
+    try:
+        yield
+    finally:
+        _critical -= 1
+        if not _critical and _pending is not None:
+            reason, _pending = _pending, None
+            raise KeyboardInterrupt(reason)
 
 
 @contextmanager
@@ -50,8 +84,9 @@ def interrupt_signals() -> Iterator[None]:
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    if previous[signal.SIGINT] in (signal.SIG_DFL, signal.SIG_IGN):  # e.g. started in the background by a shell
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # SIGINT too (also when a shell started us with it ignored, in the background): raised as
+    # KeyboardInterrupt, but never inside a deferred_interrupts section
+    signal.signal(signal.SIGINT, _raise_interrupt)
     try:
         yield
     finally:

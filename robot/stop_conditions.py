@@ -21,6 +21,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
+from moss_vla.command import interrupt
 from robot.control_loop import StepInfo
 
 
@@ -110,7 +111,8 @@ class StopFlag:
             if self.is_set:
                 for s in signals:
                     signal.signal(s, signal.default_int_handler)
-                raise KeyboardInterrupt
+                interrupt(signal.Signals(signum).name)  # raised now, or when a commit in progress ends
+                return
             self.set(reason, "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM")
 
         for s in signals:

@@ -353,9 +353,9 @@ def test_simulated_arm_faults_end_a_recording_cleanly(tmp_path, kind, reason):
     commands the missed-deadline stop; the store stays consistent and nothing is committed half-way."""
     out = tmp_path / "r.zarr"
     argv = [*RECORD[1:], "episodes=2", f"out={out}", f"log_dir={tmp_path}", f"display.log_dir={tmp_path}",
-            f"+arm.fault={{kind: {kind}, at: 1.0}}", "after_arm_error=stop"]
-    if kind == "slow":
-        argv = [a for a in argv if not a.startswith("loop.max_missed_streak")]
+            f"+arm.fault={{kind: {kind}, at: {1.0 if kind == 'arm_error' else 0.0}}}", "after_arm_error=stop"]
+    if kind == "slow":  # slow from the start, while the operator still holds home: two late steps stop it
+        argv = [a for a in argv if not a.startswith("loop.max_missed_streak")] + ["loop.max_missed_streak=2"]
     proc = start([RECORD[0], *argv], tmp_path)
     code, text = finish(proc, 120)
     assert code == 1 and "Traceback" not in text, text
@@ -381,3 +381,25 @@ def test_ctrl_c_inside_a_commit_stays_an_interrupt(store, monkeypatch):
     w.discard()
     w.close()
     assert EpisodeStore(store).n_episodes == 3 and check_store(store).ok
+
+
+def test_a_signal_inside_a_writer_call_is_raised_when_the_call_returns(store, monkeypatch):
+    """Under the front door's handler a Ctrl-C never cuts an EpisodeWriter call in two (a KeyboardInterrupt
+    between a lock's acquire and release hung moss-sim collect): it is raised when the call returns."""
+    from moss_vla.command import interrupt_signals
+
+    w = EpisodeWriter(store, image_shape=(16, 16, 3))
+    w.start_episode({"task": "t", "instruction": "i"})
+    w.add_frame(np.zeros((16, 16, 3), np.uint8), state=np.zeros(8), action=np.zeros(8), timestamp=0.0)
+    real_join = w._queue.join
+
+    def join_with_ctrl_c():  # the signal lands while commit waits for the images
+        signal.raise_signal(signal.SIGINT)
+        real_join()
+
+    monkeypatch.setattr(w._queue, "join", join_with_ctrl_c)
+    with interrupt_signals(), pytest.raises(KeyboardInterrupt):
+        w.commit()
+    assert w.n_episodes == 4  # the commit ran to its end before the interrupt was raised
+    w.close()
+    assert EpisodeStore(store).n_episodes == 4 and check_store(store).ok

@@ -11,12 +11,14 @@ progress; the next writer truncates the leftovers (`EpisodeWriter.recovery` says
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
@@ -25,6 +27,7 @@ import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 from zarr.core.sync import sync
 
+from moss_vla.command import deferred_interrupts
 from moss_vla.episodes.schema import (
     DEFAULT_IMAGE_SHAPE,
     EPISODE_ENDS,
@@ -58,6 +61,18 @@ def _pid_alive(pid: str) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _whole(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A writer call a Ctrl-C must not cut in two: under a command's front door the signal is raised when it
+    returns (moss_vla/command.py deferred_interrupts), so its queue's locks and the commit stay whole."""
+
+    @functools.wraps(method)
+    def whole(*args: Any, **kwargs: Any) -> Any:
+        with deferred_interrupts():
+            return method(*args, **kwargs)
+
+    return whole
 
 
 class EpisodeWriteError(RuntimeError):
@@ -283,6 +298,7 @@ class EpisodeWriter:
         self._last_ts = -np.inf
         self._failed = None
 
+    @_whole
     def add_frame(
         self,
         image: np.ndarray,
@@ -368,6 +384,7 @@ class EpisodeWriter:
                 raise SchemaError(f"frame {self._n}: '{key}' = {v} but the episode's {names} has only "
                                   f"{len(self._meta[names])} entries")
 
+    @_whole
     def commit(self, extra_meta: dict[str, Any] | None = None) -> int:
         """Flush and commit the episode in progress; returns its index. extra_meta (e.g. success
         labels known only at the end) is merged into the episode metadata."""
@@ -439,6 +456,7 @@ class EpisodeWriter:
         self._capacity = self._arrays["image"].shape[0]
         return [dict(m) for m in dropped]
 
+    @_whole
     def discard(self) -> None:
         """Drop the episode in progress (its queued and written frames become garbage to overwrite)."""
         self._generation += 1
@@ -446,6 +464,7 @@ class EpisodeWriter:
         self._meta, self._buf, self._n, self._failed = None, {}, 0, None
         self._io_error = None
 
+    @_whole
     def close(self) -> None:
         """Discard an unfinished episode, stop the thread, trim spare image slots, release the lock."""
         if self._closed:
