@@ -55,7 +55,7 @@ def run(policy, obs):
 
 def main() -> None:
     torch.set_num_threads(1)
-    results = {"machine": machine_info(), "steps": STEPS, "presets": {}}
+    results = {"steps": STEPS, "presets": {}}
     tmp = Path(tempfile.mkdtemp())
     for preset in ("tiny", "small"):
         ckpt = untrained_checkpoint(tmp / preset, "movesense_lr.yaml", preset)
@@ -75,7 +75,7 @@ def main() -> None:
             while "serving" not in log.read_text():
                 assert proc.poll() is None, log.read_text()
                 time.sleep(0.1)
-            remote = RemotePolicy(f"127.0.0.1:{port}")
+            remote = RemotePolicy(f"127.0.0.1:{port}", timeout=30.0)
             torch.manual_seed(0)
             lo, lp, lc = run(local, obs)
             torch.manual_seed(0)
@@ -101,7 +101,7 @@ def main() -> None:
               f"server {s['step_ms_p50']:.2f}/{s['step_ms_p99']:.2f} ms; added per request p50/p99 "
               f"{s['added_ms_per_request_p50']:.2f}/{s['added_ms_per_request_p99']:.2f} ms; same chunks "
               f"{r['same_chunks']}")
-    results["machine"]["loadavg_1min_end"] = os.getloadavg()[0]
+    results = {"machine": machine_info(), **results}  # taken at the end: its load averages cover the run
     OUT.parent.mkdir(parents=True, exist_ok=True)
     OUT.write_text(json.dumps(results, indent=2))
     print(f"wrote {OUT}")

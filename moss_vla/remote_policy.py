@@ -5,8 +5,10 @@
 Every call is one request and one reply on a websocket; the round trip is measured with the request's send
 time. A call that gets no reply within `timeout` seconds, or whose connection is lost, raises
 `RemotePolicyError` (the chunk planner turns it into a `PlannerError`: the trial ends with the arm stopped,
-like any planner failure) and marks the connection broken; the next `reset()` (the next episode)
-reconnects and opens a new session on the server, so an episode never continues on a half-known stream.
+like any planner failure) and marks the connection broken, and so does an error reply of kind "protocol"
+(the request broke the protocol: the session's stream is not what this side thinks); the next `reset()` (the
+next episode) reconnects and opens a new session on the server, so an episode never continues on a half-known
+stream. An error of kind "policy" (the policy refused the request) raises too, but the session goes on.
 
 Determinism: `reset()` sends this process's torch seed (`torch.initial_seed()`, which moss-sim eval and
 moss-trial set per episode) and the server seeds the session's own RNG with it, so the flow-matching
@@ -22,37 +24,28 @@ from typing import Any
 
 import numpy as np
 
-from moss_vla.wire import WireError, decode, encode
+from moss_vla.wire import WireError, decode, encode, parse_address
 
 
 class RemotePolicyError(RuntimeError):
     """The policy server failed, refused a request, timed out or went away."""
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """`host:port` -> (host, port); a clear error otherwise."""
-    host, sep, port = str(address).rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"planner.remote={address!r}: expected <host>:<port>, e.g. 127.0.0.1:8765 (through an SSH "
-                         f"tunnel for another machine, docs/rig.md section 4)")
-    return host.strip("[]"), int(port)
-
-
 class RemotePolicy:
     """A `moss-serve` session. `settings`: inference choices for this session (n_action_steps, inference_seed,
     use_cache, temporal_ensemble_coeff; None keeps the server's); `token`: the server's, if it has one;
-    `timeout`: seconds to wait for a reply; `scheme`: ws, or wss through a TLS proxy."""
+    `timeout`: seconds to wait for a reply (planner.remote_timeout); `scheme`: ws, or wss through a TLS proxy."""
 
-    def __init__(self, address: str, token: str | None = None, settings: dict[str, Any] | None = None,
-                 timeout: float = 5.0, connect_timeout: float = 5.0, scheme: str = "ws") -> None:
-        self.host, self.port = parse_address(address)
+    def __init__(self, address: str, *, timeout: float, token: str | None = None,
+                 settings: dict[str, Any] | None = None, connect_timeout: float = 5.0, scheme: str = "ws") -> None:
+        self.host, self.port = parse_address(address, "planner.remote")
         self.address = f"{self.host}:{self.port}"
         self.token, self.timeout, self.connect_timeout, self.scheme = token, float(timeout), float(connect_timeout), scheme
         self.settings = {k: v for k, v in (settings or {}).items() if v is not None}
         self._ws: Any = None
         self._seq = 0
         self.session: int | None = None
-        self.reconnects = -1  # the first connection is not a reconnect
+        self._connected_before = False  # the first connection is not a reconnect
         self._clear_stats()
         self._connect()
 
@@ -65,14 +58,19 @@ class RemotePolicy:
             # entered by hand: websockets 17 warns about a connection opened outside a `with` block; _broken closes it
             self._ws = connect(uri, open_timeout=self.connect_timeout, close_timeout=1, compression=None,
                                max_size=None).__enter__()  # replies are small; the server limits what it receives
-        except (OSError, TimeoutError, Exception) as e:
+        except Exception as e:
             raise RemotePolicyError(f"cannot reach the policy server at {uri}: {type(e).__name__}: {e} (is moss-serve "
                                     f"running there, and the SSH tunnel up?)") from e
         self._seq = 0
-        self.reconnects += 1
-        reply, _ = self._call({"op": "hello", "token": self.token, "settings": self.settings}, seq=False)
-        if reply["op"] != "hello":
-            raise RemotePolicyError(f"policy server at {self.address}: unexpected hello reply {reply['op']!r}")
+        self.reconnects += self._connected_before
+        self._connected_before = True
+        try:
+            reply, _ = self._call({"op": "hello", "token": self.token, "settings": self.settings}, seq=False)
+            if reply["op"] != "hello":
+                raise RemotePolicyError(f"policy server at {self.address}: unexpected hello reply {reply['op']!r}")
+        except BaseException:
+            self._broken()  # a refused hello leaves no open socket behind
+            raise
         self.session, self.max_message = reply["session"], int(reply["max_message"])
         self.label = reply.get("label", "")
         self.config = SimpleNamespace(**reply["config"])
@@ -88,11 +86,12 @@ class RemotePolicy:
         if self._ws is None:
             raise RemotePolicyError(f"the connection to the policy server at {self.address} was lost earlier in this "
                                     f"episode; the next episode reconnects")
+        t0 = time.perf_counter()
+        if seq:
+            header = {**header, "seq": self._seq + 1}
+        message = encode({**header, "t": t0}, arrays)  # a message that cannot be encoded uses no number
         if seq:
             self._seq += 1
-            header = {**header, "seq": self._seq}
-        t0 = time.perf_counter()
-        message = encode({**header, "t": t0}, arrays)
         try:
             self._ws.send(message)
             data = self._ws.recv(timeout=self.timeout)
@@ -112,14 +111,16 @@ class RemotePolicy:
             self._broken()
             self.failures += 1
             raise RemotePolicyError(f"policy server at {self.address}: malformed reply ({e})") from e
+        if reply["op"] == "error":
+            self.failures += 1
+            if reply.get("kind") != "policy" or (seq and reply.get("seq") != self._seq):
+                self._broken()  # the request broke the protocol: the stream is not what this side thinks
+            raise RemotePolicyError(f"policy server at {self.address}: {reply.get('message')}")
         if seq and reply.get("seq") != self._seq:
             self._broken()
             self.failures += 1
             raise RemotePolicyError(f"policy server at {self.address}: reply for seq {reply.get('seq')}, expected "
                                     f"{self._seq}")
-        if reply["op"] == "error":
-            self.failures += 1
-            raise RemotePolicyError(f"policy server at {self.address}: {reply.get('message')}")
         self.rtt_ms.append(1e3 * (time.perf_counter() - t0))
         self.server_ms.append(float(reply.get("server_ms") or 0.0))
         return reply, out
@@ -163,16 +164,17 @@ class RemotePolicy:
     def from_config(cls, planner: Any, settings: dict[str, Any] | None = None) -> RemotePolicy:
         """From a command's `planner` block: `remote` (host:port), `remote_token`, `remote_timeout`."""
         return cls(str(planner["remote"]), token=planner.get("remote_token") or None, settings=settings,
-                   timeout=float(planner.get("remote_timeout") or 5.0))
+                   timeout=float(planner["remote_timeout"]))
 
     # ---- numbers -------------------------------------------------------------------------------------
     def _clear_stats(self) -> None:
         self.rtt_ms: list[float] = []
         self.server_ms: list[float] = []
         self.failures = 0
+        self.reconnects = 0  # new sessions opened this episode (the next reset() reconnects after a failure)
 
     def loop_stats(self) -> dict[str, Any]:
-        """This episode's remote numbers (merged into the planner's, robot/chunk_planner.py)."""
+        """This episode's remote numbers (merged into the planner's, robot/chunk_planner.py), all per episode."""
         rtt, srv = np.asarray(self.rtt_ms), np.asarray(self.server_ms)
         pct = (lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan"))
         return {"remote": self.address, "remote_requests": len(rtt), "remote_failures": self.failures,

@@ -12,15 +12,18 @@ one worker thread, so sessions take turns on the device. The protocol is what `C
     observe {seq, t, instruction} image, state     -> ok       the step's frame into the window
     plan    {seq, t, instruction} state            -> chunk    actions (H, A) float32 of the window so far
     act     {seq, t, instruction} image, state     -> action   select_action (observe + the policy's own replanning)
-    any error                                      -> error {seq, message}   (and one log line)
+    any error                                      -> error {seq, kind, message}   (and one log line)
 
 Requests carry `seq` (1, 2, 3, ... per session) and the client's send time `t`, echoed in the reply with the
 server's compute time, so the client measures the round trip. A message that is malformed, over the size
 limit (`max_message`: an 8-frame window of the policy's images plus headroom; beyond 4x that the transport
 closes the connection, websocket code 1009), out of order (a `seq` that is not the next one, a plan before
-any observe of the episode, a request before hello) or refused by the policy gets an error reply; the
-session stays usable and no other session notices. A wrong token gets an error and the connection is
-closed (code 1008).
+any observe of the episode, a request before hello; error kind "protocol") or refused by the policy (any
+exception it raises, logged with its traceback; kind "policy") gets an error reply; the session stays usable
+and no other session notices. A request in order uses its `seq` even when it fails, so the next one is
+`seq + 1`; RemotePolicy drops the connection after a "protocol" error all the same (the next episode
+reconnects), and goes on after a "policy" one. A wrong token gets an error and the connection is closed
+(code 1008).
 """
 
 from __future__ import annotations
@@ -36,20 +39,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from moss_vla.wire import Service, WireError, check_bind, decode, encode, token_ok
+from moss_vla.wire import ProtocolError, Service, WireError, check_bind, decode, encode
 
 log = logging.getLogger("moss_vla.serve")
 
 # the inference choices a client may set for its own session (as moss-sim eval / moss-trial set them locally)
 SETTINGS = {"n_action_steps": int, "inference_seed": int, "use_cache": bool, "temporal_ensemble_coeff": float}
-# MossVLAPolicy's per-episode loop state (modeling.py `_init_loop_state`), swapped per session
-LOOP_STATE = ("config", "cache", "_raw_frames", "_actions", "_ensembler", "_text_cache")
 HEADROOM = 64 * 1024  # bytes over the image window for headers, state and instruction
 TRANSPORT_FACTOR = 4  # messages over max_message * this are cut by the transport (close code 1009)
-
-
-class ProtocolError(ValueError):
-    """A request that breaks the protocol (order, missing arrays, settings)."""
 
 
 def window_bytes(config: Any) -> int:
@@ -79,13 +76,17 @@ class _Session:
 
 
 class PolicyServer(Service):
-    """Serves `policy` (reset / observe / plan / select_action and a MossVLAConfig `config`) to rigs.
+    """Serves `policy` (reset / observe / plan / select_action, `config`, and `loop_state()` /
+    `set_loop_state()`: MossVLAPolicy, GrootN15Policy, LeRobotPolicy) to rigs.
 
     `host`/`port`: where to listen (port 0: any free port, see `.port`); beyond loopback only with
     `allow_remote` and a `token` (moss_vla/wire.py `check_bind`); `label`: what the server says it serves."""
 
-    def __init__(self, policy: Any, host: str = "127.0.0.1", port: int = 8765, token: str | None = None,
-                 allow_remote: bool = False, label: str = "") -> None:
+    log = log
+    expected_errors = (WireError, ProtocolError)
+
+    def __init__(self, policy: Any, *, host: str, port: int, token: str | None = None, allow_remote: bool = False,
+                 label: str = "") -> None:
         check_bind(host, allow_remote, token, "moss-serve")
         self.policy, self.host, self.port, self.token, self.label = policy, host, int(port), token, label
         self.base_config = policy.config
@@ -94,7 +95,6 @@ class PolicyServer(Service):
         self._current: _Session | None = None
         self._ids = itertools.count(1)
         self.sessions: dict[int, _Session] = {}
-        self.errors = 0
         self._init_service()
 
     # ---- running -------------------------------------------------------------------------------------
@@ -111,56 +111,41 @@ class PolicyServer(Service):
             await self._stop_event.wait()
         self._pool.shutdown(wait=True)
 
-    # ---- one connection ------------------------------------------------------------------------------
-    async def _handle(self, ws: Any) -> None:
-        from websockets.exceptions import ConnectionClosed
+    # ---- one connection (wire.Service._handle runs it) --------------------------------------------------
+    def _decode(self, message: bytes | str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        if len(message) > self.max_message:
+            raise WireError(f"message of {len(message)} bytes is over the limit of {self.max_message} "
+                            f"(an {self.base_config.n_frames}-frame window of "
+                            f"{self.base_config.input_image_size} px images)")
+        return decode(message)
 
-        peer = "{}:{}".format(*ws.remote_address[:2]) if ws.remote_address else "?"
-        session: _Session | None = None
-        try:
-            async for message in ws:
-                seq = None
-                try:
-                    if len(message) > self.max_message:
-                        raise WireError(f"message of {len(message)} bytes is over the limit of {self.max_message} "
-                                        f"(an {self.base_config.n_frames}-frame window of "
-                                        f"{self.base_config.input_image_size} px images)")
-                    header, arrays = decode(message)
-                    seq, op = header.get("seq"), header["op"]
-                    if session is None:
-                        if op != "hello":
-                            raise ProtocolError(f"{op!r} before hello: the first message must be a hello")
-                        if not token_ok(self.token, header.get("token")):
-                            self._error_log(peer, None, "hello with a wrong or missing token")
-                            await ws.send(encode({"op": "error", "seq": seq, "message": "wrong or missing token"}))
-                            await ws.close(1008, "wrong token")
-                            return
-                        session = self._open(peer, header.get("settings") or {})
-                        reply = encode({"op": "hello", "session": session.id, "label": self.label,
-                                        "config": config_summary(session.config), "max_message": self.max_message})
-                    else:
-                        if seq != session.seq + 1:
-                            raise ProtocolError(f"out of order: seq {seq!r} after {session.seq} (want {session.seq + 1})")
-                        reply = await asyncio.get_running_loop().run_in_executor(
-                            self._pool, self._request, session, op, header, arrays)
-                        session.seq = seq
-                except (WireError, ProtocolError, ValueError, TypeError, RuntimeError) as e:
-                    reply = self._error_reply(peer, session, seq, e)
-                await ws.send(reply)
-        except ConnectionClosed as e:
-            log.info("session %s (%s) closed: %s", session.id if session else "-", peer, e)
-        finally:
-            if session is not None:
-                self._pool.submit(self._close, session)
+    async def _hello(self, ws: Any, peer: str, header: dict[str, Any]) -> tuple[_Session, bytes]:
+        session = self._open(peer, header.get("settings") or {})
+        return session, encode({"op": "hello", "session": session.id, "label": self.label,
+                                "config": config_summary(session.config), "max_message": self.max_message})
 
-    def _error_reply(self, peer: str, session: _Session | None, seq: Any, e: Exception) -> bytes:
-        kind = "" if isinstance(e, (WireError, ProtocolError)) else f"{type(e).__name__}: "
-        self._error_log(peer, session, f"{kind}{e}")
-        return encode({"op": "error", "seq": seq if isinstance(seq, int) else None, "message": f"{kind}{e}"[:2000]})
+    async def _message(self, session: _Session, op: str, header: dict[str, Any],
+                       arrays: dict[str, np.ndarray]) -> bytes:
+        seq = header.get("seq")
+        if seq != session.seq + 1:
+            raise ProtocolError(f"out of order: seq {seq!r} after {session.seq} (want {session.seq + 1})")
+        session.seq = seq  # used, whether or not the request succeeds: the client numbers on from it
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._request, session, op, header, arrays)
 
-    def _error_log(self, peer: str, session: _Session | None, text: str) -> None:
-        self.errors += 1
-        log.warning("session %s (%s): error reply: %s", session.id if session else "-", peer, text[:300])
+    def _error_reply(self, session: _Session | None, seq: int | None, e: Exception) -> bytes:
+        """`kind`: "protocol" (the request broke the protocol: the client drops the connection) or "policy" (the
+        policy refused or failed it: the session goes on)."""
+        protocol = isinstance(e, (WireError, ProtocolError))
+        text = str(e) if protocol else f"{type(e).__name__}: {e}"
+        return encode({"op": "error", "seq": seq, "kind": "protocol" if protocol else "policy", "message": text[:2000]})
+
+    async def _closed(self, ws: Any, peer: str, session: _Session | None) -> None:
+        if session is not None:
+            log.info("session %d (%s) ended", session.id, peer)
+            self._pool.submit(self._close, session)
+
+    def _conn_name(self, session: _Session | None, peer: str) -> str:
+        return f"session {session.id if session else '-'} ({peer})"
 
     def _open(self, peer: str, settings: dict[str, Any]) -> _Session:
         if not isinstance(settings, dict) or set(settings) - set(SETTINGS):
@@ -200,13 +185,11 @@ class PolicyServer(Service):
             return
         p = self.policy
         if self._current is not None:
-            self._current.state = {k: getattr(p, k) for k in LOOP_STATE}
+            self._current.state = p.loop_state()
         if session.state is None:
-            p.config = session.config
-            p._init_loop_state()
+            p.set_loop_state(None, session.config)
         else:
-            for k, v in session.state.items():
-                setattr(p, k, v)
+            p.set_loop_state(session.state)
             session.state = None
         self._current = session
 

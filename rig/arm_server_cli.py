@@ -20,6 +20,7 @@ import sys
 from moss_vla.command import command
 from moss_vla.config import Rule, cli_config, flag, integer, number, one_of, plain
 
+# the one check of watchdog_s's range (ArmServer takes it as given)
 ARM_SERVER_RULES = {"port": integer(0, 65535), "allow_remote": flag(), "watchdog_s": number(above=0, hi=2.0),
                     "host": Rule("str", hint="an address to listen on, e.g. 127.0.0.1"),
                     "token": Rule("str", optional=True), "arm.type": one_of("franka", "sim"),

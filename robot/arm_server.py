@@ -14,9 +14,10 @@ its config, robot/safety.py) on every target, whatever the client checked; a tar
 numbers is refused before it reaches the arm. One controlling client at a time (another gets an error).
 
 The watchdog: while the client streams targets (a `command` since the last stop), a silence longer than
-`watchdog_s` stops the arm (`Arm.stop()`: decelerate and hold), and so does a lost connection, at once;
-the stop is logged and the next `command` is refused (kind "watchdog") until the client calls `recover`,
-so a stream never resumes silently. During `move_to` the motion is bounded by itself and a lost
+`watchdog_s` from that client (other connections do not count) stops the arm (`Arm.stop()`: decelerate and
+hold), and so does a lost connection, at once; a watchdog stop is logged and every later `command`, from
+this client or the next one, is refused (kind "watchdog") until a client calls `recover`, so a stream never
+resumes silently. During `move_to` the motion is bounded by itself and a lost
 connection stops it.
 """
 
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from moss_vla.wire import Service, check_bind, decode, encode, token_ok
+from moss_vla.wire import ProtocolError, Service, WireError, check_bind, decode, encode, parse_address
 from robot.interfaces import ArmState
 from robot.safety import ArmError, UnsafeTargetError
 
@@ -43,13 +44,15 @@ MAX_MESSAGE = 64 * 1024  # joint vectors and short headers only
 
 
 class ArmServer(Service):
-    """Serves `arm` (an `Arm`: FrankaArm, SimArm) to one client at a time, with a watchdog (module docstring)."""
+    """Serves `arm` (an `Arm`: FrankaArm, SimArm) to one client at a time, with a watchdog (module docstring).
+    `host`, `port`, `watchdog_s`: configs/arm_server.yaml's (its rules check the watchdog's range)."""
 
-    def __init__(self, arm: Any, host: str = "127.0.0.1", port: int = 8766, token: str | None = None,
-                 allow_remote: bool = False, watchdog_s: float = 0.25, kind: str = "") -> None:
+    log = log
+    expected_errors = (WireError, ProtocolError, ArmError)
+
+    def __init__(self, arm: Any, *, host: str, port: int, watchdog_s: float, token: str | None = None,
+                 allow_remote: bool = False, kind: str = "") -> None:
         check_bind(host, allow_remote, token, "moss-arm-server")
-        if not 0 < float(watchdog_s) <= 2.0:
-            raise ValueError(f"moss-arm-server: watchdog_s must be in (0, 2] s, got {watchdog_s}")
         self.arm, self.host, self.port, self.token = arm, host, int(port), token
         self.kind = kind or {"FrankaArm": "franka", "SimArm": "sim"}.get(type(arm).__name__, type(arm).__name__)
         self.watchdog_s = float(watchdog_s)
@@ -60,7 +63,6 @@ class ArmServer(Service):
         self._tripped = ""  # why the watchdog stopped the arm ("": it did not); commands refused until recover
         self._lost = threading.Event()  # the client went away during a blocking move_to
         self.stops: list[dict[str, Any]] = []  # every watchdog / disconnect stop: {why, silence_s, at}
-        self.errors = 0
         self._init_service()
 
     # ---- running -------------------------------------------------------------------------------------
@@ -100,46 +102,27 @@ class ArmServer(Service):
                 self._tripped = f"no message from the client for more than {self.watchdog_s} s"
                 await self._halt(f"watchdog: {self._tripped}")
 
-    # ---- one connection ------------------------------------------------------------------------------
-    async def _handle(self, ws: Any) -> None:
-        from websockets.exceptions import ConnectionClosed
+    # ---- one connection (wire.Service._handle runs it) --------------------------------------------------
+    def _heard(self, ws: Any) -> None:
+        if ws is self._client:  # only the controlling client's messages feed the watchdog
+            self._last_message = time.monotonic()
 
-        peer = "{}:{}".format(*ws.remote_address[:2]) if ws.remote_address else "?"
-        hello = False
-        try:
-            async for message in ws:
-                self._last_message = time.monotonic()
-                seq = None
-                try:
-                    header, arrays = decode(message)
-                    seq, op = header.get("seq"), header["op"]
-                    if not hello:
-                        if op != "hello":
-                            raise ArmError(f"{op!r} before hello: the first message must be a hello", kind="protocol")
-                        if not token_ok(self.token, header.get("token")):
-                            self._log_error(peer, "hello with a wrong or missing token")
-                            await ws.send(encode({"op": "error", "seq": seq, "kind": "auth", "recoverable": False,
-                                                  "message": "wrong or missing token"}))
-                            await ws.close(1008, "wrong token")
-                            return
-                        if self._client is not None:
-                            raise ArmError("the arm is controlled by another client", kind="busy", recoverable=False)
-                        self._client, hello, self._tripped = ws, True, ""
-                        log.info("client %s connected", peer)
-                        reply = encode({"op": "hello", "seq": seq, "watchdog_s": self.watchdog_s, "arm": self.kind})
-                    else:
-                        reply = await self._request(op, header, arrays)
-                except Exception as e:  # noqa: BLE001 - any failure is the client's to hear; the server goes on
-                    reply = self._error_reply(peer, seq, e)
-                await ws.send(reply)
-        except ConnectionClosed as e:
-            log.info("client %s: connection closed (%s)", peer, e)
-        finally:
-            if hello and self._client is ws:
-                self._lost.set()
-                self._client = None
-                await self._halt(f"client {peer} disconnected")
-                self._lost.clear()
+    async def _hello(self, ws: Any, peer: str, header: dict[str, Any]) -> tuple[Any, bytes]:
+        if self._client is not None:
+            raise ArmError("the arm is controlled by another client", kind="busy", recoverable=False)
+        self._client, self._last_message = ws, time.monotonic()  # a watchdog trip stays until recover
+        log.info("client %s connected", peer)
+        return ws, encode({"op": "hello", "seq": header.get("seq"), "watchdog_s": self.watchdog_s, "arm": self.kind})
+
+    async def _message(self, ws: Any, op: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
+        return await self._request(op, header, arrays)
+
+    async def _closed(self, ws: Any, peer: str, conn: Any) -> None:
+        if conn is not None and self._client is ws:
+            self._lost.set()
+            self._client = None
+            await self._halt(f"client {peer} disconnected")
+            self._lost.clear()
 
     async def _request(self, op: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
         run = asyncio.get_running_loop().run_in_executor
@@ -182,16 +165,11 @@ class ArmServer(Service):
             return encode({"op": "ok", "seq": seq, "finished": bool(finished)})
         raise ArmError(f"unknown op {op!r} (hello, state, command, stop, recover, move_to)", kind="protocol")
 
-    def _error_reply(self, peer: str, seq: Any, e: Exception) -> bytes:
-        kind = getattr(e, "kind", "protocol")
-        self._log_error(peer, f"{kind}: {e}")
-        return encode({"op": "error", "seq": seq if isinstance(seq, int) else None, "kind": kind,
+    def _error_reply(self, conn: Any, seq: int | None, e: Exception) -> bytes:
+        kind = getattr(e, "kind", "protocol" if isinstance(e, (WireError, ProtocolError)) else "arm")
+        return encode({"op": "error", "seq": seq, "kind": kind,
                        "recoverable": bool(getattr(e, "recoverable", True)), "message": str(e)[:2000],
                        "violations": list(getattr(e, "violations", []) or [])})
-
-    def _log_error(self, peer: str, text: str) -> None:
-        self.errors += 1
-        log.warning("client %s: error reply: %s", peer, text[:300])
 
 
 def _joints(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -208,13 +186,11 @@ class RemoteArm:
     that does not come within `timeout` s or a lost connection raises ArmError(kind="network"). `clock`
     stamps states on this side's clock (the session clock)."""
 
-    def __init__(self, address: str, token: str | None = None, timeout: float = 1.0,
+    def __init__(self, address: str, *, timeout: float, token: str | None = None,
                  clock: Callable[[], float] = time.monotonic, scheme: str = "ws", serves: str | None = None) -> None:
         from websockets.sync.client import connect
 
-        from moss_vla.remote_policy import parse_address
-
-        host, port = parse_address(address)
+        host, port = parse_address(address, "arm.address")
         self.address, self.timeout, self._clock = f"{host}:{port}", float(timeout), clock
         try:
             # entered by hand: websockets 17 warns about a connection opened outside a `with` block; _drop closes it
@@ -225,7 +201,11 @@ class RemoteArm:
                            f"moss-arm-server running there, and the SSH tunnel up?)", kind="network",
                            recoverable=False) from e
         self._seq = 0
-        reply, _ = self._call({"op": "hello", "token": token})
+        try:
+            reply, _ = self._call({"op": "hello", "token": token})
+        except BaseException:
+            self._drop()  # a refused hello leaves no open socket behind
+            raise
         self.watchdog_s, self.serves = float(reply["watchdog_s"]), str(reply.get("arm"))
         if serves is not None and self.serves != serves:
             self.close()
@@ -299,5 +279,5 @@ class RemoteArm:
     @classmethod
     def from_config(cls, cfg: Any, clock: Callable[[], float] = time.monotonic) -> RemoteArm:
         """From configs/arm/remote.yaml: address, token, timeout, serves."""
-        return cls(str(cfg["address"]), token=cfg.get("token") or None, timeout=float(cfg.get("timeout") or 1.0),
-                   clock=clock, serves=cfg.get("serves"))
+        return cls(str(cfg["address"]), token=cfg.get("token") or None, timeout=float(cfg["timeout"]), clock=clock,
+                   serves=cfg.get("serves"))

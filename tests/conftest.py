@@ -48,6 +48,21 @@ def franky_sim(tmp_path_factory):
 
 
 @pytest.fixture
+def ws_connections(monkeypatch):
+    """Every websocket client connection opened (websockets.sync.client.connect) during the test, in order."""
+    from websockets.sync import client
+
+    opened, connect = [], client.connect
+
+    def recording(*args, **kwargs):
+        opened.append(connect(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(client, "connect", recording)
+    return opened
+
+
+@pytest.fixture
 def one_thread():
     """Tiny models: one intra-op thread is faster, and much faster on a busy 2-core machine."""
     n = torch.get_num_threads()

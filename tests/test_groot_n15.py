@@ -163,6 +163,24 @@ def test_cached_select_action_equals_uncached(assets):
     assert np.abs(runs[0][0] - runs[0][5]).max() > 1e-4  # the actions do depend on the frames
 
 
+def test_loop_state_swaps_per_session_as_moss_vla_policys_does(assets):
+    """moss-serve keeps one loop state per session (moss_vla/serve.py, loop_state / set_loop_state): a stream
+    interleaved with other sessions' gives the actions of the stream alone."""
+    policy = GrootN15Policy(config(assets, "moss", n_action_steps=1, inference_seed=0), ph.stats()).eval()
+    ph.randomise_zero_layers(policy.vision.temporal)
+    policy.reset()
+    alone = np.stack([policy.select_action(obs(i)) for i in range(4)])
+    policy.set_loop_state(None, policy.config)
+    mine, got = policy.loop_state(), []
+    for i in range(4):
+        policy.set_loop_state(mine)
+        got.append(policy.select_action(obs(i)))
+        mine = policy.loop_state()
+        policy.set_loop_state(None)  # another session, fresh, in between
+        policy.select_action(obs(9 - i))
+    assert np.abs(np.stack(got) - alone).max() < 1e-5
+
+
 def test_device_resolution_and_cpu(assets):
     assert resolve_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():

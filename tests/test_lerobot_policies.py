@@ -128,3 +128,43 @@ def test_bad_lerobot_checkpoints_are_refused_naming_what_is_wrong(store, tmp_pat
         train_tiny(store, tmp_path / "x", "act", "policy.lerobot.type=nope")
     with pytest.raises(ValueError, match=r"\['no_such_field'\] are not fields of lerobot's ACTConfig"):
         train_tiny(store, tmp_path / "y", "act", "+policy.lerobot.no_such_field=1")
+
+
+def test_moss_serve_serves_a_lerobot_checkpoint_with_the_in_process_actions(store, tmp_path):
+    """moss_vla/serve.py swaps each session's loop state through the policy's loop_state / set_loop_state:
+    two sessions interleaved on a served ACT get the chunks and actions the checkpoint gives in-process."""
+    from moss_vla.remote_policy import RemotePolicy
+    from moss_vla.serve import PolicyServer
+
+    ckpt = train_tiny(store, tmp_path, "act").checkpoint
+    local = MossVLAPolicy.from_pretrained(ckpt).eval()
+    rng = np.random.default_rng(2)
+    mean = np.asarray(local.normalizer.state_mean.tolist(), np.float32)
+    obs = [[{"image": rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8),
+             "state": mean + rng.normal(0, 0.01, 8).astype(np.float32), "instruction": "x"} for _ in range(4)]
+           for _ in range(2)]
+    want = []
+    for run in obs:
+        local.reset()
+        want.append([local.plan(o) for o in run if local.observe(o) is None])
+    server = PolicyServer(MossVLAPolicy.from_pretrained(ckpt).eval(), host="127.0.0.1", port=0).start()
+    try:
+        server.warm_up()
+        a, b = (RemotePolicy(server.address, timeout=30.0) for _ in range(2))
+        assert a.config.variant == "lerobot:act"
+        a.reset()
+        b.reset()
+        got = [[], []]
+        for oa, ob in zip(*obs, strict=True):
+            a.observe(oa)
+            b.observe(ob)
+            got[1].append(b.plan(ob))
+            got[0].append(a.plan(oa))
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(np.stack(g), np.stack(w))
+        local.reset()
+        a.reset()
+        np.testing.assert_array_equal([a.select_action(o) for o in obs[0]], [local.select_action(o) for o in obs[0]])
+        assert server.errors == 0
+    finally:
+        server.stop()

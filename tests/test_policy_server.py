@@ -5,6 +5,7 @@ moss-sim eval with planner.remote gives the in-process results, and a server kil
 with its reason while the next episode reconnects."""
 
 import json
+import logging
 import socket
 import struct
 import subprocess
@@ -35,9 +36,13 @@ def ckpt(tmp_path_factory):
 
 @pytest.fixture
 def server(ckpt, one_thread):
-    s = PolicyServer(MossVLAPolicy.from_pretrained(ckpt).eval(), port=0, token="t0k").start()
+    s = PolicyServer(MossVLAPolicy.from_pretrained(ckpt).eval(), host="127.0.0.1", port=0, token="t0k").start()
     yield s
     s.stop()
+
+
+def remote(server, **kw):
+    return RemotePolicy(server.address, **{"token": "t0k", "timeout": 30.0, **kw})
 
 
 def observations(seed, n, size=224):
@@ -60,7 +65,7 @@ def test_remote_plans_equal_in_process_and_sessions_keep_their_own_state(ckpt, s
     local = MossVLAPolicy.from_pretrained(ckpt).eval()
     obs_a, obs_b = observations(1, 6), observations(2, 6)
     want_a, want_b = chunks(local, obs_a, 11), chunks(local, obs_b, 12)
-    a, b = RemotePolicy(server.address, token="t0k"), RemotePolicy(server.address, token="t0k")
+    a, b = remote(server), remote(server)
     assert a.session != b.session and a.config.n_action_steps == local.config.n_action_steps
     torch.manual_seed(11)
     a.reset()
@@ -76,7 +81,7 @@ def test_remote_plans_equal_in_process_and_sessions_keep_their_own_state(ckpt, s
     np.testing.assert_array_equal(np.stack(got_b), want_b)
     # select_action (a sync controller), with this session's own n_action_steps
     local.config = type(local.config)(**{**local.config.__dict__, "n_action_steps": 3})
-    c = RemotePolicy(server.address, token="t0k", settings={"n_action_steps": 3})
+    c = remote(server, settings={"n_action_steps": 3})
     acted = []
     for pol in (local, c):  # one after the other: the in-thread server shares this process's torch RNG
         torch.manual_seed(5)
@@ -99,7 +104,7 @@ def test_bad_messages_get_errors_and_never_disturb_another_session(ckpt, server)
     local = MossVLAPolicy.from_pretrained(ckpt).eval()
     obs = observations(3, 4)
     want = chunks(local, obs, 7)
-    good = RemotePolicy(server.address, token="t0k")
+    good = remote(server)
     torch.manual_seed(7)
     good.reset()
     got = []
@@ -116,23 +121,25 @@ def test_bad_messages_get_errors_and_never_disturb_another_session(ckpt, server)
         assert raw_call(ws, encode({"op": "hello", "token": "t0k"}))["op"] == "hello"
         assert "out of order" in raw_call(ws, encode({"op": "reset", "seq": 5}))["message"]
         assert raw_call(ws, encode({"op": "reset", "seq": 1}))["op"] == "ok"
-        assert "plan before any observe" in raw_call(ws, encode({"op": "plan", "seq": 2, "instruction": "x"},
-                                                                {"state": np.zeros(8, np.float32)}))["message"]
-        reply = raw_call(ws, encode({"op": "observe", "seq": 2, "instruction": "x"},
+        reply = raw_call(ws, encode({"op": "plan", "seq": 2, "instruction": "x"}, {"state": np.zeros(8, np.float32)}))
+        assert "plan before any observe" in reply["message"] and reply["kind"] == "protocol"
+        # a request in order uses its seq even when it fails: the next one is seq 3
+        reply = raw_call(ws, encode({"op": "observe", "seq": 3, "instruction": "x"},
                                     {"image": np.zeros((3, 3, 3), np.uint8), "state": np.zeros(8, np.float32)}))
         assert reply["op"] == "error" and "ValueError" in reply["message"]  # the policy's own check
-        head = json.dumps({"op": "observe", "seq": 2, "arrays": [["image", "object", [1]]]}).encode()
+        assert reply["kind"] == "policy" and reply["seq"] == 3
+        head = json.dumps({"op": "observe", "seq": 4, "arrays": [["image", "object", [1]]]}).encode()
         assert "bad array spec" in raw_call(ws, struct.pack("<I", len(head)) + head + b"x")["message"]  # no pickle
-        short = encode({"op": "observe", "seq": 2, "instruction": "x"}, {"image": np.zeros((224, 224, 3), np.uint8)})
-        assert "needs 150528 bytes" in raw_call(ws, short[:-10])["message"]
-        assert raw_call(ws, encode({"op": "observe", "seq": 2, "instruction": "x"},  # the session still works
+        short = encode({"op": "observe", "seq": 4, "instruction": "x"}, {"image": np.zeros((224, 224, 3), np.uint8)})
+        assert "needs 150528 bytes" in raw_call(ws, short[:-10])["message"]  # not decoded: no seq used
+        assert raw_call(ws, encode({"op": "observe", "seq": 4, "instruction": "x"},  # the session still works
                                    {"image": obs[0]["image"], "state": obs[0]["state"]}))["op"] == "ok"
     with connect(f"ws://{server.address}") as ws:  # a wrong token: an error, then the connection is closed
         assert raw_call(ws, encode({"op": "hello", "token": "wrong"}))["message"] == "wrong or missing token"
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=5)
     with pytest.raises(RemotePolicyError, match="token"):
-        RemotePolicy(server.address, token=None)
+        remote(server, token=None)
     np.testing.assert_array_equal(np.stack(got), want)  # the good session never noticed
     assert server.errors >= 10
 
@@ -257,3 +264,65 @@ def test_a_server_killed_mid_trial_ends_that_trial_and_the_next_episode_reconnec
     assert second["loop"]["planner_failed"] == 0 and second["loop"]["plans"] >= 2
     store = EpisodeStore(tmp_path / "s.zarr")  # the cut-short episode is not committed, the next one is
     assert store.n_episodes == 1
+
+
+def test_an_error_reply_leaves_the_session_usable_and_a_protocol_error_drops_it_until_the_next_episode(
+        ckpt, server, caplog):
+    local = MossVLAPolicy.from_pretrained(ckpt).eval()
+    obs = observations(4, 3)
+    want = chunks(local, obs, 9)
+    observe = server.policy.observe
+
+    def flaky(o):  # any exception from the policy is an error reply, not only ValueError / TypeError / RuntimeError
+        if o["instruction"] == "boom":
+            raise KeyError("boom")
+        observe(o)
+
+    server.policy.observe = flaky
+    pol = remote(server)
+
+    def episode():
+        torch.manual_seed(9)
+        pol.reset()
+        got = []
+        for o in obs:
+            with pytest.raises(RemotePolicyError, match="KeyError"):
+                pol.observe({**o, "instruction": "boom"})
+            with pytest.raises(RemotePolicyError, match="ValueError"):  # the policy's own check
+                pol.observe({**o, "image": o["image"][:8]})
+            pol.observe(o)  # the same session goes on: the failed requests used their seq on both sides
+            got.append(pol.plan(o))
+        np.testing.assert_array_equal(np.stack(got), want)
+
+    with caplog.at_level(logging.WARNING, "moss_vla.serve"):
+        episode()
+    assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)  # logged with its traceback
+    stats = pol.loop_stats()
+    assert stats["remote_failures"] == 6 and stats["remote_reconnects"] == 0
+    first = pol.session
+    with pytest.raises(RemotePolicyError, match="unknown op"):  # a protocol error: the client drops the connection
+        pol._call({"op": "dance"})
+    with pytest.raises(RemotePolicyError, match="lost earlier"):
+        pol.observe(obs[0])
+    episode()  # the next episode reconnects: a new session
+    assert pol.session != first and pol.loop_stats()["remote_reconnects"] == 1
+    pol.reset()
+    assert pol.loop_stats()["remote_reconnects"] == 0  # per episode, like every remote_* number
+    pol.close()
+
+
+def test_a_refused_hello_closes_its_socket_and_a_bad_address_names_its_key(server, ws_connections):
+    from websockets.protocol import State
+
+    with pytest.raises(RemotePolicyError, match="n_action_steps"):  # refused by the server, which keeps it open
+        remote(server, settings={"n_action_steps": 999})
+    assert len(ws_connections) == 1 and ws_connections[0].state is State.CLOSED
+    with pytest.raises(ValueError, match="planner.remote='nope'"):
+        RemotePolicy("nope", timeout=1.0)
+
+
+def test_start_raises_the_error_that_stopped_it_listening(server):
+    t0 = time.monotonic()
+    with pytest.raises(OSError):  # the port is in use
+        PolicyServer(server.policy, host="127.0.0.1", port=server.port).start()
+    assert time.monotonic() - t0 < 5

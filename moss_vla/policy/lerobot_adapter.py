@@ -243,6 +243,22 @@ class LeRobotPolicy(nn.Module):
         return self._chunk(self._lerobot_batch(self._frames(torch.as_tensor(obs["image"])), self._states(obs)), seed)
 
     # ---- the 10 Hz loop ----------------------------------------------------------------------------------
+    LOOP_STATE = ("config", "_frames_seen", "_states_seen", "_actions", "_ensembler")  # as MossVLAPolicy's
+
+    def loop_state(self) -> dict[str, Any]:
+        """The loop's state (`LOOP_STATE`: history, queued actions, ensembler, config), for `set_loop_state`."""
+        return {k: getattr(self, k) for k in self.LOOP_STATE}
+
+    def set_loop_state(self, state: dict[str, Any] | None, config: Any = None) -> None:
+        """Make `state` (a `loop_state()`) the loop's; None: a fresh one for `config` (default: the current)."""
+        if state is None:
+            if config is not None:
+                self.config = config
+            self.reset()
+        else:
+            for k in self.LOOP_STATE:
+                setattr(self, k, state[k])
+
     def reset(self) -> None:
         """Forget the observation history and the queued actions (call at the start of an episode)."""
         self._frames_seen: deque[Tensor] = deque(maxlen=self.config.n_frames)

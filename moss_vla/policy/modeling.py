@@ -65,6 +65,24 @@ class MossVLAPolicy(nn.Module):
                            if config.aux_label_classes else None)
         self._init_loop_state()
 
+    # the 10 Hz loop's state (with the config its inference settings live in): what `loop_state()` hands out
+    LOOP_STATE = ("config", "cache", "_raw_frames", "_actions", "_ensembler", "_text_cache")
+
+    def loop_state(self) -> dict[str, Any]:
+        """The 10 Hz loop's state (`LOOP_STATE`), to give back later with `set_loop_state` (a policy server keeps
+        one per session: moss_vla/serve.py)."""
+        return {k: getattr(self, k) for k in self.LOOP_STATE}
+
+    def set_loop_state(self, state: dict[str, Any] | None, config: Any = None) -> None:
+        """Make `state` (a `loop_state()`) the loop's; None: a fresh one for `config` (default: the current)."""
+        if state is None:
+            if config is not None:
+                self.config = config
+            self._init_loop_state()
+        else:
+            for k in self.LOOP_STATE:
+                setattr(self, k, state[k])
+
     def _init_loop_state(self) -> None:
         """The 10 Hz loop's state: frame window, streaming cache, queued actions, instruction cache."""
         config = self.config
