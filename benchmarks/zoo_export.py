@@ -52,6 +52,7 @@ def export(results: Path, task: str, policy: str, seed: int, root: Path, commit:
     recipe = json.loads((ckpt.parent.parent / "bench_recipe.json").read_text())
     (out / "recipe.json").write_text(json.dumps(recipe))
     overall = run["overall"]
+    load = " / ".join(f"{x:.1f}" for x in bench["machine"].get("load_average_at_end", [])) or "?"
     seeds = data["stores"][0]["seeds"][task]
     commit = commit or bench.get("machine", {}).get("commit") or "unknown"
     eval_seeds = detail.get("eval_seeds", [cfg["eval_seed"], cfg["eval_seed"] + overall["trials"] - 1])
@@ -67,9 +68,9 @@ Trained by our own bench on the simulated rig; inference weights only (fp32, {we
 - training: {policy} at the {cfg['preset']} preset, training seed {seed}, {cfg['steps']} steps of batch
   {cfg['batch_size']}, overrides {', '.join(recipe)}
 - training time: {run['train_seconds'] / 60:.0f} min on {bench['machine'].get('cpu_count')} CPU cores
-  ({bench['machine'].get('torch_threads')} torch thread(s); {bench['machine'].get('platform')})
+  ({bench['machine'].get('torch_threads')} torch thread(s); load average {load} at the end; {bench['machine'].get('platform')})
 - evaluation: success {100 * overall['success_rate']:.1f}% ({overall['success']}/{overall['trials']}) on
-  closed-loop trials of {task} with trial seeds {eval_seeds[0]}..{eval_seeds[-1]}
+  closed-loop trials of {task}, the interactions of the episodes with seeds {eval_seeds[0]}..{eval_seeds[-1]}
   (failures: {json.dumps(overall.get('failures', {}))}); bench results: {results.as_posix()}
 - why this seed: the zoo holds training seed {seed} of every cell (docs/zoo.md: a fixed rule, not the best run)
 """)

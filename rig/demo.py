@@ -104,8 +104,12 @@ def pipeline_markdown(r: dict[str, Any]) -> str:
 
 
 def run_demo(cfg: DictConfig) -> dict[str, Path]:
+    import torch
+
     from rig.sim_bench import PAPER_TABLE5, failures_markdown, plot_table, table_markdown
 
+    if int(cfg.threads) > 0:  # else torch's default: every core
+        torch.set_num_threads(int(cfg.threads))
     work = Path(str(cfg.work_dir))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

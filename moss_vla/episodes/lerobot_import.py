@@ -119,7 +119,7 @@ def resample_plan(src_fps: float, fps: int = DEFAULT_FPS) -> int:
         raise ImportRefused(f"the dataset is recorded at {src_fps:g} fps; the store is {fps} Hz and only a source at "
                             f"{fps} Hz or an integer multiple of it ({2 * fps}, {3 * fps}, ...) is converted "
                             f"(by keeping every k-th frame); resample it first")
-    return int(round(k))
+    return round(k)
 
 
 def _square(img: np.ndarray, size: int | None) -> np.ndarray:
