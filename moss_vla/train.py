@@ -528,9 +528,12 @@ TRAIN_RULES: dict[str, Rule] = {
 
 def check_train_config(cfg: DictConfig) -> None:
     """What TRAIN_RULES cannot say: the device string and the stores to train on (before any work)."""
-    device = str(cfg.device)
-    if not (device in ("auto", "cpu", "cuda", "mps") or device.startswith("cuda:") and device[5:].isdigit()):
-        raise ConfigError(f"moss-train: device={device!r} must be auto, cpu, cuda or cuda:N")
+    from moss_vla.device import resolve_device
+
+    try:
+        resolve_device(str(cfg.device))  # the one parser of device=; no GPU for cuda: a one-line error too
+    except ValueError as e:
+        raise ConfigError(f"moss-train: {e}") from None
     paths = [cfg.data.paths] if isinstance(cfg.data.paths, str) else list(cfg.data.paths)
     if not paths:
         raise ConfigError("moss-train: data.paths=[] names no episode store; e.g. data.paths=[data/x.zarr]")

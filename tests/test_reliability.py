@@ -64,7 +64,8 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     (["optim.lr=abc"], "optim.lr='abc' must be a number"),
     (["batch_size=0"], "batch_size=0 must be >= 1"),
     (["policy.n_frames=eight"], "policy.n_frames='eight' must be an integer"),
-    (["device=gpu"], "device='gpu' must be auto, cpu, cuda or cuda:N"),
+    (["device=gpu"], "device='gpu': expected auto | cpu | cuda | cuda:N"),
+    (["device=mps"], "device='mps': expected auto | cpu | cuda | cuda:N"),  # the resolver's choices, not more
 ])
 def test_train_refuses_bad_values_before_any_work(store, tmp_path, capsys, overrides, named):
     out = tmp_path / "run"
