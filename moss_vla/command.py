@@ -43,7 +43,8 @@ _critical = 0  # depth of `deferred_interrupts` sections on the main thread
 _pending: str | None = None  # a signal that arrived inside one, raised when the outermost section ends
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
+def raise_interrupt(signum: int, frame: Any) -> None:
+    """The front door's SIGINT / SIGTERM handler: `interrupt` (deferred inside `deferred_interrupts`)."""
     interrupt(signal.Signals(signum).name)
 
 
@@ -83,10 +84,10 @@ def interrupt_signals() -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     # SIGINT too (also when a shell started us with it ignored, in the background): raised as
     # KeyboardInterrupt, but never inside a deferred_interrupts section
-    signal.signal(signal.SIGINT, _raise_interrupt)
+    signal.signal(signal.SIGINT, raise_interrupt)
     try:
         yield
     finally:

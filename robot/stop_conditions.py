@@ -21,7 +21,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 
-from moss_vla.command import interrupt
+from moss_vla.command import interrupt, raise_interrupt
 from robot.control_loop import StepInfo
 
 
@@ -109,8 +109,8 @@ class StopFlag:
 
         def handler(signum, frame):
             if self.is_set:
-                for s in signals:
-                    signal.signal(s, signal.default_int_handler)
+                for s in signals:  # the front door's handler: later signals are deferred inside a commit too
+                    signal.signal(s, raise_interrupt)
                 interrupt(signal.Signals(signum).name)  # raised now, or when a commit in progress ends
                 return
             self.set(reason, "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM")

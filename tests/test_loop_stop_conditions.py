@@ -138,3 +138,20 @@ def test_ctrl_c_raises_once_the_session_is_stopping_for_another_reason():
         with pytest.raises(KeyboardInterrupt):
             signal.raise_signal(signal.SIGINT)
     assert flag.reason == "stop_key"
+
+
+def test_later_ctrl_c_waits_for_a_commit_in_progress():
+    # after the first stop the handler must stay the front door's: a third Ctrl-C inside a commit
+    # (deferred_interrupts) is raised when the commit ends, never in the middle of it
+    from moss_vla.command import deferred_interrupts, raise_interrupt
+
+    flag = StopFlag()
+    with flag.sigint_sets():
+        signal.raise_signal(signal.SIGINT)  # first: sets the flag
+        committed = False
+        with pytest.raises(KeyboardInterrupt), deferred_interrupts():
+            signal.raise_signal(signal.SIGINT)  # second: deferred
+            signal.raise_signal(signal.SIGINT)  # third: deferred too
+            committed = True
+        assert committed
+        assert signal.getsignal(signal.SIGINT) is raise_interrupt
