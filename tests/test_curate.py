@@ -135,6 +135,7 @@ def test_sigkill_during_a_drop_loses_nothing_committed(tmp_path):
         rx.close()
         # what the next moss-data drop / repair does first, then the store is either before or after
         finish_interrupted_repair(path)
+        assert not list(path.parent.glob("s.zarr.*")), (drop, delay)  # no clone or old store left behind
         seeds = _seeds_intact(path)
         want_after = [s for s in range(N) if s not in drop]
         assert seeds in (list(range(N)), want_after), (drop, delay, seeds)
@@ -155,3 +156,37 @@ def test_sigkill_during_a_drop_loses_nothing_committed(tmp_path):
         outcomes.append(one(drop, float(rng.uniform(0, 1.1 * durations[tuple(drop)])))[1])
     print(f"durations {durations}; {sum(outcomes)} of {len(outcomes)} killed drops had finished")
     assert 0 < sum(outcomes) < len(outcomes), "the kills never landed inside a drop"
+
+
+class _Killed(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("keep_backup", [False, True])
+@pytest.mark.parametrize("at", ["between the renames", "after the swap"])
+def test_a_kill_around_the_swap_leaves_no_old_store_behind_unless_kept(store, monkeypatch, at, keep_backup):
+    from moss_vla.episodes import curate
+
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if at == "between the renames" and ".repairing-" in str(src):
+            raise _Killed
+        real_rename(src, dst)
+
+    def finish_swap(path):
+        raise _Killed
+
+    monkeypatch.setattr(curate.os, "rename", rename)
+    if at == "after the swap":
+        monkeypatch.setattr(curate, "finish_swap", finish_swap)
+    with pytest.raises(_Killed):
+        drop_episodes(store, [2], keep_backup=keep_backup)
+    monkeypatch.undo()
+    assert len(list(store.parent.glob("s.zarr.dropped-*"))) == 1  # the old store, aside
+    done = finish_interrupted_repair(store)  # what the next moss-data drop / repair does first
+    assert (done is None) == (keep_backup and at == "after the swap"), done
+    assert _seeds_intact(store) == [s for s in range(N) if s != 2] and check_store(store).ok
+    assert not list(store.parent.glob("s.zarr.repairing-*"))
+    assert len(list(store.parent.glob("s.zarr.dropped-*"))) == (1 if keep_backup else 0)
+    assert finish_interrupted_repair(store) is None

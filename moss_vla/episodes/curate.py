@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from moss_vla.episodes.normalization import default_stats_path
-from moss_vla.episodes.repair import DONE_MARKER, copy_episodes, finish_interrupted_repair
+from moss_vla.episodes.repair import DONE_MARKER, copy_episodes, finish_interrupted_repair, finish_swap
 from moss_vla.episodes.store import LOCK_NAME, EpisodeStore, StoreError, writer_lock
 from moss_vla.episodes.writer import EpisodeWriter
 
@@ -119,13 +119,13 @@ def drop_episodes(path: str | os.PathLike, drop: Iterable[int], keep_backup: boo
         with EpisodeWriter(tmp, image_shape=tuple(src.meta["image_shape"])) as w:
             w.drop_last(n - first)
             copy_episodes(src, later, w)
-        (tmp / DONE_MARKER).write_text(json.dumps({"source": str(path), "dropped": drop, "kept": n - len(drop)}))
         backup = path.parent / f"{path.name}.dropped-{time.strftime('%Y%m%d_%H%M%S')}-{os.getpid()}"
+        # the marker names the backup: after a kill past the swap the next drop / repair removes it unless kept
+        (tmp / DONE_MARKER).write_text(json.dumps({"source": str(path), "dropped": drop, "kept": n - len(drop),
+                                                   "backup": backup.name, "keep_backup": bool(keep_backup)}))
         os.rename(path, backup)
         os.rename(tmp, path)
-        (path / DONE_MARKER).unlink(missing_ok=True)
-    if not keep_backup:
-        shutil.rmtree(backup, ignore_errors=True)
+    finish_swap(path)  # the backup unless kept, then the marker
     return {**report, "how": "rewritten from the first dropped episode",
             "frames_rewritten": int(sum(src.episode_lengths[later])),
             "backup": str(backup) if keep_backup else None}

@@ -29,18 +29,40 @@ DONE_MARKER = "repair_done.json"
 WRITER_KEYS = ("format", "schema_version", "image_shape", "keys", CHUNKS_ATTR)  # set by EpisodeWriter itself
 
 
+def finish_swap(path: Path) -> str | None:
+    """The end of a swap (the new store is in place at `path`, its `DONE_MARKER` still in it): remove the
+    old store the marker names as a backup not to keep (`moss-data drop` without --keep-backup; never the
+    only copy: the finished new store is in place), then the marker. Returns what it removed, if anything."""
+    marker = path / DONE_MARKER
+    try:
+        info = json.loads(marker.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        info = {}  # unreadable: keep whatever backup there is
+    name = info.get("backup") if isinstance(info, dict) else None
+    removed = None
+    if (isinstance(name, str) and Path(name).name == name and name.startswith(f"{path.name}.dropped-")
+            and info.get("keep_backup") is False and (path.parent / name).exists()):
+        shutil.rmtree(path.parent / name, ignore_errors=True)
+        removed = name
+    marker.unlink(missing_ok=True)
+    return removed
+
+
 def finish_interrupted_repair(path: str | os.PathLike) -> str | None:
-    """Complete a repair killed between its two renames, and remove copies of repairs killed earlier.
-    Returns what it did (None: nothing to do)."""
+    """Complete a repair or drop killed between its two renames or after them (removing the old store a drop
+    was to delete), and remove copies of repairs killed earlier. Returns what it did (None: nothing to do)."""
     path = Path(path)
     done = None
     for tmp in sorted(path.parent.glob(f"{path.name}.repairing-*")):
         if (tmp / DONE_MARKER).is_file() and not path.exists():
             os.rename(tmp, path)
-            (path / DONE_MARKER).unlink(missing_ok=True)
             done = f"{path}: finished an interrupted repair (moved {tmp.name} into place)"
         elif not _pid_alive(tmp.name.rsplit("-", 1)[-1]):
             shutil.rmtree(tmp, ignore_errors=True)
+    if path.is_dir() and (removed := finish_swap(path)):
+        done = f"{done or f'{path}: finished an interrupted drop'}; removed the old store {removed}"
     return done
 
 
