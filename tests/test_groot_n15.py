@@ -259,6 +259,12 @@ def test_model_groot_n15_composes_with_every_policy_variant(assets):
     assert isinstance(make_policy(cfg.policy, cfg.model, ph.stats()), GrootN15Policy)
     with pytest.raises(ValueError, match="aux_label_weight > 0 is not supported"):
         GrootN15Config.from_hydra({**dict(cfg.policy), "aux_label_weight": 1.0}, cfg.model)
+    # knobs the bridge would ignore: rejected, naming the key (the presets' torchscript_sampler is dropped)
+    for key, value in (("aux_label_classes", 3), ("aux_label_tokens", "all")):
+        with pytest.raises(ValueError, match=rf"{key}\b.*model=groot_n15"):
+            GrootN15Config.from_hydra({**dict(cfg.policy), key: value}, cfg.model)
+    with pytest.raises(ValueError, match=r"torchscript_sampler: true .*model=groot_n15"):
+        GrootN15Config.from_hydra(cfg.policy, {**dict(cfg.model), "torchscript_sampler": True})
 
 
 def test_moss_check_writes_one_report(assets, tmp_path):

@@ -60,8 +60,9 @@ class GrootN15Config:
     inference_seed: int | None = None
     use_cache: bool = True
     temporal_ensemble_coeff: float | None = None
-    torchscript_sampler: bool = False  # accepted from the policy presets; lerobot's sampler runs as it is
-    aux_label_weight: float = 0.0  # not supported by the bridge (must stay 0)
+    # not supported by the bridge (lerobot's sampler runs as it is, no label head): any other value is rejected
+    torchscript_sampler: bool = False  # the policy presets' value is dropped by from_hydra
+    aux_label_weight: float = 0.0
     aux_label_classes: int = 0
     aux_label_tokens: str = "current_frame"
     vision: GrootVisionConfig = field(default_factory=GrootVisionConfig)
@@ -85,6 +86,14 @@ class GrootN15Config:
             (self.n_frames >= 1, f"n_frames must be >= 1, got {self.n_frames}"),
             (not self.aux_label_weight,
              "aux_label_weight > 0 is not supported with model=groot_n15 (the label head is ours)"),
+            (not self.aux_label_classes,
+             f"aux_label_classes must be 0 with model=groot_n15 (no label head), got {self.aux_label_classes}"),
+            (self.aux_label_tokens == "current_frame",
+             (f"aux_label_tokens must stay 'current_frame' with model=groot_n15 (no label head), "
+              f"got {self.aux_label_tokens!r}")),
+            (not self.torchscript_sampler,
+             ("torchscript_sampler: true is not supported with model=groot_n15 (its action sampling is "
+              "lerobot's, run as it is); leave it false")),
             (self.state_dim <= 64 and self.action_dim <= 32, (f"GR00T N1.5 takes states up to 64 and actions up "
                                                               f"to 32 dimensions, got {self.state_dim} and "
                                                               f"{self.action_dim}")),
@@ -122,6 +131,8 @@ class GrootN15Config:
         model, policy = _to_plain(cfg_model), _to_plain(cfg_policy)
         model.pop("name", None)
         policy_name = policy.pop("name", "custom")
+        # every policy preset sets it for our own action head's TorchScript trace; GR00T samples with lerobot's
+        policy.pop("torchscript_sampler", None)
         merged = _deep_merge(model, policy)
         merged.setdefault("variant", policy_name)
         return cls.from_dict(merged, source=f"policy={policy_name} model=groot_n15")

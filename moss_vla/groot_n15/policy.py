@@ -163,8 +163,9 @@ class GrootN15Policy(MossVLAPolicy):
         for name in (CONFIG_NAME, WEIGHTS_NAME, ARCH_NAME):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name} not found: not a model=groot_n15 checkpoint")
-        config = GrootN15Config.from_dict(json.loads((directory / CONFIG_NAME).read_text()),
-                                          source=str(directory / CONFIG_NAME))
+        saved_config = json.loads((directory / CONFIG_NAME).read_text())
+        saved_config.pop("torchscript_sampler", None)  # written (true, never used) by checkpoints of before
+        config = GrootN15Config.from_dict(saved_config, source=str(directory / CONFIG_NAME))
         saved = json.loads((directory / ARCH_NAME).read_text())
         now = checkpoint_configs(config.pretrained_path, config.tokenizer_path)
         diffs = [f"{part}.{k}" for part in saved for k in sorted(set(saved[part]) | set(now[part]))
