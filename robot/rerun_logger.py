@@ -4,9 +4,10 @@ moss-replay (the rig commands hand `step` to the control loop as an on_step call
 Per episode `<name>` (e.g. `trials/seed_1000000`), on the timelines `step` and `time` (seconds on the loop
 clock from the episode's first step):
   <name>/camera                   the cropped frame the controller saw
-  <name>/action/<joint>           the executed action (after the safety hook)
-  <name>/state/<joint>            the arm state the controller saw
-  <name>/plan/chunk               the chunk in use (a tensor: its steps x 8), when the controller plans chunks
+  <name>/action                   the executed action (after the safety hook): one series per joint, named
+  <name>/state                    the arm state the controller saw: one series per joint, named
+  <name>/plan/chunk               the chunk in use (a tensor: its steps x 8), when the controller plans chunks;
+                                  logged when a new chunk comes into use (the viewer shows it until the next)
   <name>/plan/age                 steps since that chunk's observation
   <name>/plan/late                late plans so far (chunk planners: steps held because no chunk was ready)
   <name>/distance/<target>        flange distance (m) to each target (forward kinematics of the arm state)
@@ -56,12 +57,15 @@ class RerunStepLogger:
         self.controller: Any = None
         self.t0: float | None = None
         self._times: list[float] = []  # each step's time in the episode
+        self._named: set[str] = set()  # episodes whose action / state series are named
+        self._chunk_key: Any = None
         self.n_steps = 0
         self.episodes = 0
 
     def start_episode(self, name: str, controller: Any = None, targets: Mapping[str, np.ndarray] | None = None) -> None:
         """Log the next steps under `name`; `controller` is asked for its planned chunk and late plans."""
         self.prefix, self.controller, self.t0, self._times = name, controller, None, []
+        self._chunk_key: Any = None  # which chunk was logged last (its origin step; see step)
         if targets is not None:
             self.targets = {str(k): np.asarray(v, dtype=np.float64) for k, v in targets.items()}
         self.episodes += 1
@@ -78,16 +82,26 @@ class RerunStepLogger:
         image = info.observation.get("image")
         if image is not None:
             rec.log(f"{p}/camera", rr.Image(np.asarray(image)))
-        for j, name in enumerate(JOINT_NAMES):
-            rec.log(f"{p}/action/{name}", rr.Scalars(float(info.action[j])))
-        state = info.state.as_vector()
-        for j, name in enumerate(JOINT_NAMES):
-            rec.log(f"{p}/state/{name}", rr.Scalars(float(state[j])))
+        if p not in self._named:  # the series' names, once per episode
+            self._named.add(p)
+            for what in ("action", "state"):
+                rec.log(f"{p}/{what}", rr.SeriesLines(names=JOINT_NAMES), static=True)
+        n = len(JOINT_NAMES)  # one call each for the action's and the state's joints
+        rec.log(f"{p}/action", rr.Scalars(np.asarray(info.action, dtype=np.float64).reshape(-1)[:n]))
+        rec.log(f"{p}/state", rr.Scalars(np.asarray(info.state.as_vector(), dtype=np.float64).reshape(-1)[:n]))
         rec.log(f"{p}/latency_ms", rr.Scalars(1e3 * float(info.latency)))
         chunk = planned_chunk(self.controller)
-        if chunk is not None:
+        if chunk is None:
+            self._chunk_key = None
+        else:
             origin, actions = chunk
-            rec.log(f"{p}/plan/chunk", rr.Tensor(np.asarray(actions, dtype=np.float32), dim_names=["step", "joint"]))
+            # a planner's chunk: its origin step; a policy's queue (origin -1): a new chunk when the queue grows
+            key = origin if origin >= 0 else (-1, len(actions))
+            new = key != self._chunk_key if origin >= 0 else (
+                not isinstance(self._chunk_key, tuple) or len(actions) > self._chunk_key[1])
+            self._chunk_key = key
+            if new:
+                rec.log(f"{p}/plan/chunk", rr.Tensor(np.asarray(actions, dtype=np.float32), dim_names=["step", "joint"]))
             if origin >= 0:
                 rec.log(f"{p}/plan/age", rr.Scalars(float(info.index - origin)))
         late = getattr(self.controller, "n_late", None)
