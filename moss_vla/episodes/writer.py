@@ -126,11 +126,7 @@ class EpisodeWriter:
             raise
         if not self.recovery.clean:
             log.warning("recovered %s", self.recovery)
-        # every chunk is written, all-zero ones too: a chunk file missing from the committed range is damage
-        # (store.py), never a frame that happened to be black
-        every_chunk = {"write_empty_chunks": True}
-        self._arrays = {k: self.root[f"data/{k}"].with_config(every_chunk) for k in self.specs}
-        self._ends = self.root[EPISODE_ENDS].with_config(every_chunk)
+        self._open_arrays()
         self._metas: list[dict[str, Any]] = list(committed_episodes(self._ends, self.path))
         self._end = self.recovery.committed_frames  # committed frame count
         self._capacity = self._arrays["image"].shape[0]  # image slots allocated (>= _end)
@@ -449,12 +445,17 @@ class EpisodeWriter:
         self._metas = list(keep)
         default_stats_path(self.path).unlink(missing_ok=True)
         recover(self.root, self.path)  # truncates the dropped frames and end markers
-        every_chunk = {"write_empty_chunks": True}  # views with the new shapes
-        self._arrays = {k: self.root[f"data/{k}"].with_config(every_chunk) for k in self.specs}
-        self._ends = self.root[EPISODE_ENDS].with_config(every_chunk)
+        self._open_arrays()  # views with the new shapes
         self._end = int(keep[-1]["end"]) if keep else 0
         self._capacity = self._arrays["image"].shape[0]
         return [dict(m) for m in dropped]
+
+    def _open_arrays(self) -> None:
+        """The data arrays and the end markers, as views that write every chunk, all-zero ones too: a chunk
+        file missing from the committed range is damage (store.py), never a frame that happened to be black."""
+        every_chunk = {"write_empty_chunks": True}
+        self._arrays = {k: self.root[f"data/{k}"].with_config(every_chunk) for k in self.specs}
+        self._ends = self.root[EPISODE_ENDS].with_config(every_chunk)
 
     @_whole
     def discard(self) -> None:
