@@ -236,7 +236,9 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
               # the inference choices this evaluation ran with (moss-sim eval may override the checkpoint's)
               "policy_settings": {k: getattr(policy.config, k) for k in INFERENCE_SETTINGS},
               # a policy that acts step by step runs as it is whatever the config asks (make_controller)
-              "planner": planner if controller is not policy else {"mode": "sync"},
+              # the schedule as run; a server token is a secret and never goes into a results file
+              "planner": ({k: v for k, v in planner.items() if k != "remote_token"} if controller is not policy
+                          else {"mode": "sync"}),
               "planner_late_steps": sum(e.get("planner", {}).get("planner_late", 0) for e in episodes),
               # episodes a fault ended early, by the loop's reason (their trials fail as "stopped:<reason>")
               "faults": dict(Counter(e["loop_end"] for e in episodes if e["loop_end"] != "duration")),

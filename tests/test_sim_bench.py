@@ -243,14 +243,15 @@ def test_eval_runs_the_rigs_planner_schedule_in_simulated_time(bench, tmp_path, 
     common = ["eval", f"checkpoint={ckpt}", "task=movesense_lr", "trials=2", "progress=false"]
     assert main([*common, "planner.mode=delayed", "planner.delay=3", "planner.lead=2", f"eval_dir={tmp_path}/d"]) == 0
     report = json.loads((tmp_path / "d" / "results.json").read_text())
-    assert report["planner"] == {"mode": "delayed", "lead": 2, "delay": 3, "max_late_streak": 10}
+    assert report["planner"] == {"mode": "delayed", "lead": 2, "delay": 3, "max_late_streak": 10, "remote": None,
+                                 "remote_timeout": 5.0}  # never the server token (planner.remote_token)
     for ep in report["episode_log"]:  # every chunk used from 3 steps after its frame; 1 step held per chunk
         plans = ep["planner"]["plans"]
         assert plans > 5 and ep["planner"]["plan_delay_steps"] == {"3": plans}
         assert ep["planner"]["planner_start_holds"] == 3 and ep["planner"]["planner_late"] >= plans - 1
     assert report["planner_late_steps"] == sum(ep["planner"]["planner_late"] for ep in report["episode_log"])
     assert main([*common, "planner.mode=async", f"eval_dir={tmp_path}/a"]) == 2  # needs a real clock
-    assert "planner.mode must be one of ['sync', 'delayed'] here, got 'async'" in capsys.readouterr().err
+    assert "planner.mode='async' must be one of sync, delayed" in capsys.readouterr().err
 
 
 def test_bench_preset_is_the_small_preset_with_a_finer_token_grid():
