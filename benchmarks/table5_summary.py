@@ -30,7 +30,7 @@ COMPARISONS = {
     "movesense_rot": ("L/R's recipe; each further training seed with its own collection (collect_seed 1000 * seed)",
                       {"groot": ["sim_table5_evidence", "sim_table5_rot_groot_seed1"],
                        "contextvla": ["sim_table5_evidence", "sim_table5_rot_contextvla_seed1"],
-                       "moss": ["sim_table5_evidence", "sim_table5_rot_moss_seed1"]}),
+                       "moss": ["sim_table5_evidence", "sim_table5_rot_moss_seed1", "sim_table5_rot_moss_seed2"]}),
     "pongpredict": (("L/R's recipe + 7 x 7 tokens per frame + state noise 0.05 rad, 10000 steps; MOSS training seeds 0 "
                      "and 3 (the best and the worst of four at 6000 steps, results/sim_table5_long_pong_seeds), the "
                      "baselines seed 0 (at 3000 steps: results/sim_table5_noise_pong_{baselines,seeds})"),
