@@ -2,6 +2,10 @@
 composed config, and exits 0 without doing anything else."""
 
 import importlib
+import signal
+import subprocess
+import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -46,3 +50,25 @@ def test_cfg_applies_overrides_and_bad_overrides_name_the_key(capsys):
     assert entry("moss-sim")(["eval", "--cfg", "nope.key=1"]) == 2  # a usage error: one line, no traceback
     err = capsys.readouterr().err
     assert "sim_eval: " in err and "nope" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_an_interrupt_while_a_command_is_still_importing_ends_it_cleanly(tmp_path, sig):
+    """rig/launch.py: the console scripts import the command's heavy modules under a handler that exits 130."""
+    marker = tmp_path / "importing"
+    (tmp_path / "slow_start.py").write_text(f"import pathlib, time\npathlib.Path({str(marker)!r}).touch()\n"
+                                            "time.sleep(60)\n\ndef main(argv=None):\n    return 0\n")
+    code = (f"import sys; sys.path.insert(0, {str(tmp_path)!r}); "
+            "from rig.launch import run; sys.exit(run('slow_start:main'))")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert f"interrupted ({sig.name}) while starting; nothing was done" in err
+
+
+def test_every_console_script_goes_through_the_launcher():
+    assert all(target.startswith("rig.launch:") for target in SCRIPTS.values())
