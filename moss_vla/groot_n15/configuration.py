@@ -71,8 +71,6 @@ class GrootN15Config:
     action_head: GrootHeadConfig = field(default_factory=GrootHeadConfig)
 
     def __post_init__(self) -> None:
-        t = self.temporal
-        t.window, t.orders = tuple(int(s) for s in t.window), tuple(int(o) for o in t.orders)
         self.validate()
 
     def validate(self) -> None:

@@ -55,6 +55,10 @@ class TemporalConfig:
     conv_blocks: int = 3  # Conv2d-BN-GELU blocks over (H, W) in the encoder g
     causal: bool = False  # temporal window -(L-1)..0: past frames never change (full streaming cache)
 
+    def __post_init__(self) -> None:  # from JSON / hydra they arrive as lists
+        self.window = tuple(int(s) for s in self.window)
+        self.orders = tuple(int(o) for o in self.orders)
+
 
 @dataclass
 class BackboneConfig:
@@ -137,8 +141,6 @@ class MossVLAConfig:
     action_head: ActionHeadConfig = field(default_factory=ActionHeadConfig)
 
     def __post_init__(self) -> None:
-        self.temporal.window = tuple(int(s) for s in self.temporal.window)
-        self.temporal.orders = tuple(int(o) for o in self.temporal.orders)
         self.validate()
 
     def validate(self) -> None:
