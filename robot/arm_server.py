@@ -36,7 +36,7 @@ import numpy as np
 
 from moss_vla.wire import ProtocolError, Service, WireError, check_bind, decode, encode, parse_address
 from robot.interfaces import ArmState
-from robot.safety import ArmError, UnsafeTargetError
+from robot.safety import ArmError, SafetyChecker, SafetyLimits, UnsafeTargetError
 
 log = logging.getLogger("robot.arm_server")
 
@@ -187,7 +187,8 @@ class RemoteArm:
     stamps states on this side's clock (the session clock)."""
 
     def __init__(self, address: str, *, timeout: float, token: str | None = None,
-                 clock: Callable[[], float] = time.monotonic, scheme: str = "ws", serves: str | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, scheme: str = "ws", serves: str | None = None,
+                 safety: SafetyChecker | None = None) -> None:
         from websockets.sync.client import connect
 
         host, port = parse_address(address, "arm.address")
@@ -201,6 +202,9 @@ class RemoteArm:
                            f"moss-arm-server running there, and the SSH tunnel up?)", kind="network",
                            recoverable=False) from e
         self._seq = 0
+        # this side's checks (configs/arm/remote.yaml `safety`): with mode clip the loop's targets are rate-limited
+        # here, against the stream the server sees, so the server's own (reject) checks pass them
+        self.safety, self._last_target, self._q_measured = safety, None, None
         try:
             reply, _ = self._call({"op": "hello", "token": token})
         except BaseException:
@@ -240,28 +244,39 @@ class RemoteArm:
 
     def state(self) -> ArmState:
         reply, out = self._call({"op": "state"})
-        return ArmState(q=np.array(out["q"]), dq=np.array(out["dq"]), gripper_width=float(reply["gripper_width"]),
-                        timestamp=self._clock())
+        self._q_measured = np.array(out["q"])
+        return ArmState(q=self._q_measured.copy(), dq=np.array(out["dq"]),
+                        gripper_width=float(reply["gripper_width"]), timestamp=self._clock())
 
     def command(self, q_target: np.ndarray, gripper_width: float | None = None) -> None:
         q = np.asarray(q_target, dtype=np.float64)
+        if self.safety is not None:
+            if self._q_measured is None:
+                self.state()
+            q = self.safety.check(q, self._q_measured, self._last_target)
+            if gripper_width is not None:
+                gripper_width = self.safety.check_gripper(gripper_width)
         self._call({"op": "command", "gripper_width": None if gripper_width is None else float(gripper_width)},
                    {"q": q})
+        self._last_target = q
 
     def stop(self) -> None:
         """Never raises (cleanup paths); a lost connection has stopped the arm on the server already."""
+        self._last_target = None  # the next target starts a new stream (the server's arm forgets its last too)
         try:
             self._call({"op": "stop"})
         except ArmError as e:
             log.warning("RemoteArm.stop: %s", e)
 
     def recover(self) -> None:
+        self._last_target = None
         self._call({"op": "recover"}, timeout=max(self.timeout, 10.0))
 
     def move_to(self, q_goal: np.ndarray, relative_dynamics_factor: float | None = None, timeout: float = 30.0,
                 should_stop: Callable[[], bool] | None = None) -> bool:
         """Blocking point-to-point motion on the server. (`should_stop` is not forwarded: a Ctrl-C here drops
         the connection, which stops the arm on the server.)"""
+        self._last_target = None
         try:
             reply, _ = self._call({"op": "move_to", "relative_dynamics_factor": relative_dynamics_factor,
                                    "timeout": float(timeout)}, {"q": np.asarray(q_goal, dtype=np.float64)},
@@ -278,6 +293,7 @@ class RemoteArm:
 
     @classmethod
     def from_config(cls, cfg: Any, clock: Callable[[], float] = time.monotonic) -> RemoteArm:
-        """From configs/arm/remote.yaml: address, token, timeout, serves."""
+        """From configs/arm/remote.yaml: address, token, timeout, serves, safety."""
+        safety = SafetyChecker(SafetyLimits.from_config(cfg["safety"])) if cfg.get("safety") else None
         return cls(str(cfg["address"]), token=cfg.get("token") or None, timeout=float(cfg["timeout"]), clock=clock,
-                   serves=cfg.get("serves"))
+                   serves=cfg.get("serves"), safety=safety)

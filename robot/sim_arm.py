@@ -16,7 +16,7 @@ costs no wall time while idle.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ import numpy as np
 from robot.clock import Clock
 from robot.fr3_kinematics import DDQ_MAX, DQ_MAX, GRIPPER_MAX_WIDTH, Q_MAX, Q_MIN, Q_READY
 from robot.interfaces import ArmState
-from robot.safety import ArmError, SafetyChecker, SafetyLimits
+from robot.safety import ArmError, SafetyChecker, SafetyLimits, UnsafeTargetError
 
 _CONFIG_KEYS = ("omega", "velocity_scale", "acceleration_scale", "substep", "gripper_speed", "safety")
 
@@ -130,6 +130,46 @@ class SimArm:
         self._last_target = None
         self._target = self._q.copy()
         self._gripper_target = self._gripper
+
+    def move_to(self, q_goal: np.ndarray, relative_dynamics_factor: float | None = None,
+                timeout: float = 30.0, should_stop: Callable[[], bool] | None = None) -> bool:
+        """Blocking point-to-point motion, like FrankaArm.move_to (homing before an episode, e.g. when this arm
+        is served by moss-arm-server): the goal passes the joint-limit and workspace checks, the step limit
+        does not apply; ``relative_dynamics_factor`` in (0, 1] scales the velocity and acceleration limits for
+        this motion. Waits on the arm's clock in 50 ms slices; returns False if ``should_stop()`` stopped it."""
+        q = np.asarray(q_goal, dtype=np.float64)
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            raise UnsafeTargetError([f"goal must be 7 finite joint positions, got {q_goal!r}"])
+        violations = [f"joint {i + 1} goal {q[i]:.3f} outside [{Q_MIN[i]:.3f}, {Q_MAX[i]:.3f}]"
+                      for i in np.flatnonzero((q < Q_MIN) | (q > Q_MAX))]
+        if self.safety is not None:
+            violations += self.safety.workspace_violations(q)
+        if violations:
+            raise UnsafeTargetError(violations, q)
+        factor = 1.0 if relative_dynamics_factor is None else float(relative_dynamics_factor)
+        if not 0 < factor <= 1:
+            raise ArmError(f"move_to: relative_dynamics_factor must be in (0, 1], got {relative_dynamics_factor}",
+                           kind="setup", recoverable=True)
+        self._advance()
+        limits = self.dq_max, self.ddq_max
+        self.dq_max, self.ddq_max = self.dq_max * factor, self.ddq_max * factor
+        self._last_target, self._target = None, q.copy()
+        deadline = self.clock.now() + timeout
+        try:
+            while True:
+                self._advance()
+                if np.max(np.abs(self._q - q)) < 1e-3 and np.max(np.abs(self._dq)) < 1e-2:
+                    return True
+                if should_stop is not None and should_stop():
+                    self.stop()
+                    return False
+                if self.clock.now() >= deadline:
+                    self.stop()
+                    raise ArmError(f"move_to did not finish within {timeout} s", kind="timeout")
+                self.clock.sleep_until(self.clock.now() + 0.05)
+        finally:
+            self._advance()  # the motion so far ran at the scaled limits
+            self.dq_max, self.ddq_max = limits
 
     def close(self) -> None:
         self.stop()

@@ -212,3 +212,75 @@ def test_franka_stream_velocity_targets_pass_through_and_end_at_rest(franka):
     assert np.abs(franka.state().q - q).max() < 0.01 and wait_still(franka, 2.0, tol=0.01) is not None
     franka.stop()
     franka.target_velocity = "zero"
+
+
+def test_remote_arm_clips_on_this_side_so_the_served_arm_accepts_the_stream(sim_server):
+    """moss-trial sets arm.safety.mode=clip: with arm=remote the client rate-limits the policy's targets against
+    the stream the server sees, and the server's own reject-mode checks pass every one of them."""
+    clip = SafetyChecker(SafetyLimits(mode="clip"))
+    arm = RemoteArm(sim_server.address, timeout=TIMEOUT, token="secret", safety=clip)
+    q = arm.state().q
+    for _ in range(4):  # each asks for 0.3 rad on joint 1, three times max_step (state first, like the loop)
+        arm.state()
+        arm.command(q + np.array([0.3, 0, 0, 0, 0, 0, 0]))
+        q = q + np.array([0.1, 0, 0, 0, 0, 0, 0])
+        time.sleep(0.05)
+    assert sim_server.errors == 0 and clip.n_clipped == 4
+    np.testing.assert_allclose(sim_server.arm._last_target, q, atol=1e-9)  # the server got the clipped stream
+    arm.stop()  # a new stream starts from the measured joints, on both sides
+    arm.command(arm.state().q + 0.05)
+    assert sim_server.errors == 0
+    arm.close()
+
+
+def test_move_to_homes_the_served_sim_arm_and_refuses_an_unsafe_goal(sim_server):
+    arm = RemoteArm(sim_server.address, timeout=TIMEOUT, token="secret")
+    goal = Q_READY + np.array([0.3, -0.2, 0.1, 0.2, 0, 0.1, -0.3])
+    assert arm.move_to(goal, relative_dynamics_factor=0.5, timeout=10.0)
+    np.testing.assert_allclose(arm.state().q, goal, atol=1e-3)
+    with pytest.raises(UnsafeTargetError, match="joint 4 goal"):
+        arm.move_to(np.array([0, 0, 0, 0.5, 0, 1.5, 0]))  # FR3 joint 4 is always negative
+    arm.close()
+
+
+def test_sim_arm_move_to_on_simulated_time_honours_its_factor_and_a_stop_request():
+    from robot.clock import SimClock
+
+    clock = SimClock()
+    arm = SimArm(clock, Q_READY, safety=SafetyChecker(SafetyLimits()))
+    goal = Q_READY + np.array([0.8, 0, 0, 0, 0, 0, 0])
+    assert arm.move_to(goal)
+    fast = clock.now()
+    np.testing.assert_allclose(arm.state().q, goal, atol=1e-3)
+    t0 = clock.now()
+    assert arm.move_to(Q_READY, relative_dynamics_factor=0.25)
+    assert clock.now() - t0 > 2 * fast  # a quarter of the speed and acceleration takes longer
+    assert arm.dq_max[0] == pytest.approx(SimArm(clock, Q_READY).dq_max[0])  # the limits are restored
+    t1 = clock.now()
+    assert not arm.move_to(goal, should_stop=lambda: clock.now() - t1 > 0.2)
+    assert 0.01 < np.abs(arm.state().q - Q_READY).max() < 0.6  # stopped on the way
+    with pytest.raises(ArmError, match="relative_dynamics_factor"):
+        arm.move_to(goal, relative_dynamics_factor=2.0)
+    with pytest.raises(ArmError, match="within 0.1 s"):
+        arm.move_to(goal, timeout=0.1)
+
+
+def test_moss_trial_runs_its_episodes_on_a_served_sim_arm(sim_server, tmp_path, one_thread):
+    """The split on one machine (docs/rig.md section 4): moss-trial arm=remote against moss-arm-server arm=sim
+    homes the served arm before each episode (move_to), streams the policy's targets, and ends each episode."""
+    from moss_vla.config import compose_config
+    from rig.sim_eval import untrained_checkpoint
+    from rig.trial_cli import run_trials
+
+    ckpt = untrained_checkpoint(tmp_path / "ckpt", "movesense_lr.yaml", "tiny")
+    cfg = compose_config([f"checkpoint={ckpt}", "task=movesense_lr", "trials=2", "camera=sim", "arm=remote",
+                          f"arm.address={sim_server.address}", "arm.serves=sim", "arm.token=secret", f"eval_dir={tmp_path / 'trials'}",
+                          f"display.log_dir={tmp_path}", "loop.max_missed_streak=1000", "task.n_patterns=1",
+                          "task.pause=[0.3,0.3]", "task.motion_duration=[1.5,1.5]", "task.hold=[1.2,1.2]",
+                          "progress=false"], "trial")
+    report = run_trials(cfg)
+    assert report["arm"] == "remote" and report["trials"] == 2
+    assert [e["loop_end"] for e in report["episode_log"]] == ["episode_done"] * report["episodes"]
+    assert sim_server.errors == 0
+    home = np.asarray(sim_server.arm.state().q)
+    assert np.abs(home - Q_READY).max() > 1e-3  # homed to the task's rest pose, not left where it started
