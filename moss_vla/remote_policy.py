@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from moss_vla.rtc import RTCRequest
 from moss_vla.wire import WireError, decode, encode, parse_address
 
 
@@ -74,6 +75,7 @@ class RemotePolicy:
         self.session, self.max_message = reply["session"], int(reply["max_message"])
         self.label = reply.get("label", "")
         self.config = SimpleNamespace(**reply["config"])
+        self.supports_rtc = bool(reply.get("rtc", False))  # the served policy takes plan(obs, rtc=...)
 
     def _broken(self) -> None:
         ws, self._ws = self._ws, None
@@ -145,8 +147,14 @@ class RemotePolicy:
     def observe(self, obs: dict[str, Any]) -> None:
         self._call({"op": "observe", "instruction": str(obs["instruction"])}, self._arrays(obs, True))
 
-    def plan(self, obs: dict[str, Any]) -> np.ndarray:
-        _, out = self._call({"op": "plan", "instruction": str(obs["instruction"])}, self._arrays(obs, False))
+    def plan(self, obs: dict[str, Any], rtc: RTCRequest | None = None) -> np.ndarray:
+        header, arrays = {"op": "plan", "instruction": str(obs["instruction"])}, self._arrays(obs, False)
+        if rtc is not None:  # real-time chunking: the request's numbers and the previous chunk's remainder
+            if not self.supports_rtc:
+                raise RemotePolicyError(f"planner.rtc.enabled: the policy served at {self.address} takes no real-time "
+                                        f"chunking request; set planner.rtc.enabled=false")
+            header["rtc"], arrays["rtc_prefix"] = rtc.header(), np.asarray(rtc.prefix, dtype=np.float32)
+        _, out = self._call(header, arrays)
         if "actions" not in out:
             raise RemotePolicyError(f"policy server at {self.address}: a chunk reply without actions")
         return np.array(out["actions"], dtype=np.float32)

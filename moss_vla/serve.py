@@ -7,12 +7,16 @@ rigs served at once never see each other's frames; the weights are shared and ev
 one worker thread, so sessions take turns on the device. The protocol is what `ChunkPlanner`
 (robot/chunk_planner.py) asks of a policy, one request and one reply each:
 
-    hello   {token, settings}                      -> hello {session, config, max_message}   (first message)
+    hello   {token, settings}                      -> hello {session, config, max_message, rtc}   (first message)
     reset   {seq, seed}                            -> ok       new episode; `seed` seeds the session's RNG
     observe {seq, t, instruction} image, state     -> ok       the step's frame into the window
-    plan    {seq, t, instruction} state            -> chunk    actions (H, A) float32 of the window so far
+    plan    {seq, t, instruction, [rtc]} state, [rtc_prefix] -> chunk  actions (H, A) float32 of the window so far
     act     {seq, t, instruction} image, state     -> action   select_action (observe + the policy's own replanning)
     any error                                      -> error {seq, kind, message}   (and one log line)
+
+A plan may carry real-time chunking's request (planner.rtc, moss_vla/rtc.py): `rtc` {delay, execution_horizon,
+max_guidance_weight, prefix_attention_schedule} and the previous chunk's remainder as the array `rtc_prefix`
+(n, A) float32; hello's reply says whether the served policy takes it (`rtc`).
 
 Requests carry `seq` (1, 2, 3, ... per session) and the client's send time `t`, echoed in the reply with the
 server's compute time, so the client measures the round trip. A message that is malformed, over the size
@@ -39,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from moss_vla.rtc import RTCRequest
 from moss_vla.wire import ProtocolError, Service, WireError, check_bind, decode, encode
 
 log = logging.getLogger("moss_vla.serve")
@@ -122,7 +127,8 @@ class PolicyServer(Service):
     async def _hello(self, ws: Any, peer: str, header: dict[str, Any]) -> tuple[_Session, bytes]:
         session = self._open(peer, header.get("settings") or {})
         return session, encode({"op": "hello", "session": session.id, "label": self.label,
-                                "config": config_summary(session.config), "max_message": self.max_message})
+                                "config": config_summary(session.config), "max_message": self.max_message,
+                                "rtc": bool(getattr(self.policy, "supports_rtc", False))})
 
     async def _message(self, session: _Session, op: str, header: dict[str, Any],
                        arrays: dict[str, np.ndarray]) -> bytes:
@@ -215,7 +221,8 @@ class PolicyServer(Service):
             elif op == "plan":
                 if not session.observed:
                     raise ProtocolError("out of order: plan before any observe of this episode (reset, observe, plan)")
-                out["actions"] = np.asarray(p.plan(obs), dtype=np.float32)
+                rtc = self._rtc(header, arrays)
+                out["actions"] = np.asarray(p.plan(obs) if rtc is None else p.plan(obs, rtc=rtc), dtype=np.float32)
                 kind = "chunk"
             else:
                 out["action"] = np.asarray(p.select_action(obs), dtype=np.float32)
@@ -226,6 +233,18 @@ class PolicyServer(Service):
         session.rng = _rng_state()
         return encode({"op": kind, "seq": header.get("seq"), "t": header.get("t"),
                        "server_ms": 1e3 * (time.perf_counter() - t0)}, out)
+
+    @staticmethod
+    def _rtc(header: dict[str, Any], arrays: dict[str, np.ndarray]) -> RTCRequest | None:
+        """A plan's real-time chunking request, if it carries one (a malformed one is a protocol error)."""
+        if "rtc" not in header and "rtc_prefix" not in arrays:
+            return None
+        if "rtc_prefix" not in arrays or arrays["rtc_prefix"].dtype != np.float32:
+            raise ProtocolError("a plan with 'rtc' needs the float32 array 'rtc_prefix' (n, A), and the other way round")
+        try:
+            return RTCRequest.from_message(header.get("rtc"), arrays["rtc_prefix"])
+        except (TypeError, ValueError) as e:
+            raise ProtocolError(f"bad rtc request: {e}") from None
 
     @staticmethod
     def _obs(op: str, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, Any]:

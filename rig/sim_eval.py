@@ -198,6 +198,7 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     controller = make_controller(policy, planner, modes=("sync", "delayed"), where="configs/sim_eval.yaml")
     results: list[InteractionResult] = []
     episodes, step_ms, label_names = [], [], None
+    jumps: dict[str, list[float]] = {"boundary": [], "within": []}  # a chunk planner's, pooled over episodes
     wall0 = time.perf_counter()
     bar = tqdm(total=n_trials, desc=f"eval {task}", unit="trial", disable=not cfg.progress)
     seed = seed0
@@ -223,6 +224,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
                          "results": [r.__dict__ for r in take],
                          **({"planner": planned} if planned else {})})
         step_ms.append(outcome.loop.summary().get("compute_ms_p99"))
+        jumps["boundary"] += getattr(controller, "boundary_jumps", [])
+        jumps["within"] += getattr(controller, "within_steps", [])
         bar.update(len(take))
         bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
         seed += 1
@@ -240,6 +243,8 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
               "planner": ({k: v for k, v in planner.items() if k != "remote_token"} if controller is not policy
                           else {"mode": "sync"}),
               "planner_late_steps": sum(e.get("planner", {}).get("planner_late", 0) for e in episodes),
+              # the jump in target where a new chunk takes over, against the steps within a chunk (chunk planners)
+              **({"boundary_jump": jump_summary(jumps)} if controller is not policy else {}),
               # episodes a fault ended early, by the loop's reason (their trials fail as "stopped:<reason>")
               "faults": dict(Counter(e["loop_end"] for e in episodes if e["loop_end"] != "duration")),
               "rerun": str(cfg.rerun) if cfg.get("rerun") else None,
@@ -251,6 +256,16 @@ def evaluate(cfg: DictConfig, policy: Any | None = None) -> dict[str, Any]:
     (out / "results.md").write_text(markdown_table(title, summary))
     plot_results(out / "results.png", title, summary, results, label_names)
     return report
+
+
+def jump_summary(jumps: dict[str, list[float]]) -> dict[str, Any]:
+    """Count, mean and p95 of the boundary jumps and of the within-chunk steps (robot/chunk_planner.py)."""
+    out: dict[str, Any] = {}
+    for name, values in jumps.items():
+        a = np.asarray(values)
+        out |= {f"{name}_n": len(a), f"{name}_mean": float(a.mean()) if len(a) else None,
+                f"{name}_p95": float(np.percentile(a, 95)) if len(a) else None}
+    return out
 
 
 def eval_main(cfg: DictConfig) -> int:
@@ -282,5 +297,7 @@ def eval_rules() -> dict:
             "threads": integer(0), "progress": flag(), "planner.mode": one_of("sync", "delayed"),
             "planner.lead": integer(0), "planner.delay": integer(0), "planner.max_late_streak": integer(1),
             "planner.remote": Rule("str", optional=True, hint="<host>:<port> of a moss-serve, or null"),
-            "planner.remote_timeout": number(above=0),
+            "planner.remote_timeout": number(above=0), "planner.rtc.enabled": flag(),
+            "planner.rtc.execution_horizon": integer(1), "planner.rtc.max_guidance_weight": number(above=0),
+            "planner.rtc.prefix_attention_schedule": one_of("ZEROS", "ONES", "LINEAR", "EXP"),
             "rerun": Rule("str", optional=True, hint="a file.rrd to log every step of every trial to, or null")}

@@ -29,6 +29,15 @@ observation (1 on the rig, as measured: benchmarks/results/loop.json), so that c
 trials show what the rig's planner does to a policy, deterministically. `ChunkPlanner` holds the schedule
 both share; the two differ only in where a job runs and when its chunk becomes visible.
 
+Real-time chunking (`planner.rtc.enabled`, moss_vla/rtc.py): each plan also hands the policy the rest of the
+chunk in use from the plan's step on (the whole planned chunk, past the n_action_steps that run; a step the
+delay runs past those holds their last) and the delay d (delayed: `delay`; async: the delay of the episode's
+last chunk, 1 before the first), so the new chunk is sampled to agree with the d actions that will have run
+when it arrives and to blend in after them. Every switch to a new chunk is measured: `boundary_jumps` (the
+L2 distance between the first action used from the new chunk and the last one executed; over the action
+vector: joint angles in rad and the gripper width in m) against `within_steps` (the same between two steps
+of one chunk), per episode.
+
 Failures while planning (an exception, a non-finite action) are raised by `select_action` (the async
 planner's: the next one) as `PlannerError`, so the control loop stops the arm and ends the trial with
 reason "controller" and the message; so is a hold longer than `max_late_streak` steps (the planner cannot
@@ -44,9 +53,14 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
+
+from moss_vla.rtc import RTCRequest, rtc_settings
+
+if TYPE_CHECKING:
+    from lerobot.policies.rtc.configuration_rtc import RTCConfig
 
 
 class PlannerError(RuntimeError):
@@ -64,6 +78,7 @@ class _Job:
     step: int
     obs: dict[str, Any] | None  # None: reset the policy
     plan: bool
+    rtc: RTCRequest | None = None  # real-time chunking: the chunk to stay with
 
 
 @dataclass
@@ -72,6 +87,7 @@ class _Chunk:
     origin: int  # the step whose observation it was planned from
     actions: np.ndarray  # (n_steps, A)
     seconds: float  # planning time
+    planned: np.ndarray  # (H, A): the whole chunk (the prefix of the next plan's real-time chunking)
 
 
 class ChunkPlanner:
@@ -80,16 +96,22 @@ class ChunkPlanner:
 
     `policy`: has reset / observe / plan (`is_chunk_policy`); `lead`: actions left in the chunk in use
     when the next one is planned (1..n_steps); `n_steps`, `action_dim`: default to the policy config's
-    n_action_steps and action_dim; `max_late_streak`: held steps in a row that end the episode.
+    n_action_steps and action_dim; `max_late_streak`: held steps in a row that end the episode; `rtc`: real-time
+    chunking's settings (lerobot's RTCConfig, `planner.rtc`; None or not enabled: off).
     """
 
     mode = ""  # the `planner.mode` that builds it
 
     def __init__(self, policy: Any, lead: int, max_late_streak: int, n_steps: int | None = None,
-                 action_dim: int | None = None) -> None:
+                 action_dim: int | None = None, rtc: RTCConfig | None = None) -> None:
         if not is_chunk_policy(policy):
             raise TypeError(f"{type(self).__name__} needs a policy with reset(), observe(obs) and plan(obs); "
                             f"got {type(policy).__name__}")
+        self.rtc = rtc if rtc is not None and rtc.enabled else None
+        if self.rtc is not None and not getattr(policy, "supports_rtc", False):
+            raise ValueError(f"planner.rtc.enabled=true: {type(policy).__name__} cannot sample a chunk guided by the "
+                             f"previous one (real-time chunking needs MossVLAPolicy's flow-matching head, in process "
+                             f"or served by moss-serve); set planner.rtc.enabled=false")
         config = getattr(policy, "config", None)
         self.n_steps = int(n_steps if n_steps is not None else config.n_action_steps)
         self.action_dim = int(action_dim if action_dim is not None else config.action_dim)
@@ -114,7 +136,11 @@ class ChunkPlanner:
     def _clear_episode(self) -> None:
         self._step = 0
         self._chunk: np.ndarray | None = None  # (n, A) chunk in use
+        self._planned: np.ndarray | None = None  # (H, A) the whole of it, as planned
         self._origin = 0  # the step whose observation it was planned from
+        self._from_chunk = False  # the last action came from the chunk in use (not held)
+        self.boundary_jumps: list[float] = []  # |first action of a new chunk - last action executed|
+        self.within_steps: list[float] = []  # |action - the one before| within one chunk
         self._pending: int | None = None  # the step of the plan under way
         self._last: np.ndarray | None = None
         self._hold_streak = 0
@@ -143,18 +169,22 @@ class ChunkPlanner:
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
         """The action (A,) for this step; hands `obs` over for observing (and planning) and never waits."""
         k = self._step
-        self._take_chunk(k)
+        switched = self._take_chunk(k)
         plan = self._pending is None and (self._chunk is None or self._origin + len(self._chunk) - k <= self.lead)
         if plan:
             self._pending = k
         # the loop may reuse its buffers: the planner gets its own copy of the arrays
         snapshot = {key: np.array(v) if isinstance(v, np.ndarray) else v for key, v in obs.items()}
-        self._submit(_Job(self._generation, k, snapshot, plan))
+        self._submit(_Job(self._generation, k, snapshot, plan, self._rtc_request(k) if plan else None))
         j = k - self._origin
         if self._chunk is not None and j < len(self._chunk):
             action, self._hold_streak = self._chunk[j], 0
+            if switched or self._from_chunk:
+                jump = float(np.linalg.norm(action - self._last))
+                (self.boundary_jumps if switched else self.within_steps).append(jump)
+            self._from_chunk = True
         else:
-            action = self._hold(obs)
+            action, self._from_chunk = self._hold(obs), False
         self._last = action
         self._step += 1
         return action.copy()
@@ -179,13 +209,31 @@ class ChunkPlanner:
                                f"{state.shape}, actions have ({self.action_dim},)")
         return state
 
-    def _take_chunk(self, k: int) -> None:
+    def _take_chunk(self, k: int) -> bool:
+        """Take the chunk that became visible by step `k`, if any; True if it replaced one in use."""
         chunk = self._collect(k)
         if chunk is None:
-            return
-        self._chunk, self._origin, self._pending = chunk.actions, chunk.origin, None
+            return False
+        replaced = self._chunk is not None
+        self._chunk, self._planned, self._origin, self._pending = chunk.actions, chunk.planned, chunk.origin, None
         self.plan_seconds.append(chunk.seconds)
         self.plan_delays.append(k - chunk.origin)
+        return replaced
+
+    def _rtc_delay(self) -> int:
+        """Steps a plan submitted now takes to arrive: the last chunk's delay (1 before the first)."""
+        return self.plan_delays[-1] if self.plan_delays else 1
+
+    def _rtc_request(self, k: int) -> RTCRequest | None:
+        """Real-time chunking's request for a plan from step `k`: the chunk in use from step k on (None:
+        RTC off, no chunk yet, or the chunk is used up and its last action held)."""
+        j = k - self._origin
+        if self.rtc is None or self._planned is None or j >= self.n_steps:
+            return None
+        delay = self._rtc_delay()
+        prefix = self._planned[j:].copy()
+        prefix[self.n_steps - j: delay] = self._planned[self.n_steps - 1]  # steps of the delay that will hold
+        return RTCRequest(prefix, delay, self.rtc)
 
     def _run(self, job: _Job) -> _Chunk | None:
         """Do `job`: reset, or observe (and plan: its first n_steps actions, checked)."""
@@ -196,15 +244,19 @@ class ChunkPlanner:
         if not job.plan:
             return None
         t0 = time.perf_counter()
-        actions = np.array(self.policy.plan(job.obs), dtype=np.float32)[: self.n_steps]
+        # without RTC, plan(obs) exactly as before: policies that cannot guide need not take the argument
+        planned = np.array(self.policy.plan(job.obs) if job.rtc is None else self.policy.plan(job.obs, rtc=job.rtc),
+                           dtype=np.float32)
+        actions = planned[: self.n_steps]
         seconds = time.perf_counter() - t0
         if actions.shape != (self.n_steps, self.action_dim):
             raise PlannerError(f"plan returned a chunk of shape {actions.shape} (first n_steps rows), expected "
                                f"({self.n_steps}, {self.action_dim})")
-        if not np.all(np.isfinite(actions)):
+        if not np.all(np.isfinite(actions)) or self.rtc is not None and not np.all(np.isfinite(planned)):
+            # with RTC the unused rest of the chunk guides the next one: it must be finite too
             raise PlannerError(f"non-finite action in the chunk planned from step {job.step}: "
-                               f"{actions[~np.isfinite(actions).all(1)][0]!r}")
-        return _Chunk(job.generation, job.step, actions, seconds)
+                               f"{planned[~np.isfinite(planned).all(1)][0]!r}")
+        return _Chunk(job.generation, job.step, actions, seconds, planned)
 
     @staticmethod
     def _failure(step: int, e: BaseException) -> PlannerError:
@@ -224,7 +276,10 @@ class ChunkPlanner:
                 "plan_ms_p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
                 "plan_ms_p99": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
                 "plan_ms_max": float(ms.max()) if len(ms) else float("nan"),
-                "plan_delay_steps": {str(d): int(n) for d, n in enumerate(delays) if n}}
+                "plan_delay_steps": {str(d): int(n) for d, n in enumerate(delays) if n},
+                "planner_rtc": self.rtc is not None, "boundary_jumps": len(self.boundary_jumps),
+                "boundary_jump_mean": float(np.mean(self.boundary_jumps)) if self.boundary_jumps else float("nan"),
+                "boundary_jump_max": max(self.boundary_jumps, default=float("nan"))}
 
     def close(self, timeout: float = 10.0) -> None:
         """Release what the planner holds (the async planner's worker thread)."""
@@ -242,14 +297,14 @@ class AsyncChunkPlanner(ChunkPlanner):
     mode = "async"
 
     def __init__(self, policy: Any, lead: int, max_late_streak: int, n_steps: int | None = None,
-                 action_dim: int | None = None) -> None:
+                 action_dim: int | None = None, rtc: RTCConfig | None = None) -> None:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._submitted = self._done = 0
         self._result: _Chunk | None = None
         self._error: tuple[int, int, BaseException] | None = None  # generation, step, exception
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        super().__init__(policy, lead, max_late_streak, n_steps, action_dim)
+        super().__init__(policy, lead, max_late_streak, n_steps, action_dim, rtc)
         self._worker = threading.Thread(target=self._work, name="chunk-planner", daemon=True)
         self._worker.start()
 
@@ -319,20 +374,20 @@ class DelayedChunkPlanner(ChunkPlanner):
     mode = "delayed"
 
     def __init__(self, policy: Any, lead: int, max_late_streak: int, delay: int, n_steps: int | None = None,
-                 action_dim: int | None = None) -> None:
+                 action_dim: int | None = None, rtc: RTCConfig | None = None) -> None:
         if int(delay) < 1:
             raise ValueError(f"planner delay must be >= 1 step (a chunk is taken at a step after the one it was "
                              f"planned from), got {delay}")
         self.delay = int(delay)
-        self._planned: _Chunk | None = None
-        super().__init__(policy, lead, max_late_streak, n_steps, action_dim)
+        self._ready: _Chunk | None = None
+        super().__init__(policy, lead, max_late_streak, n_steps, action_dim, rtc)
         if self.delay >= self.n_steps:
             raise ValueError(f"planner delay {self.delay} must be below n_action_steps = {self.n_steps}: a chunk "
                              f"arriving {self.delay} steps after its observation has used up all its actions")
 
     def _new_generation(self) -> None:
         super()._new_generation()
-        self._planned = None  # a guard: step 0's plan of the new episode replaces it before it could arrive
+        self._ready = None  # a guard: step 0's plan of the new episode replaces it before it could arrive
 
     def _submit(self, job: _Job) -> None:
         try:
@@ -341,19 +396,23 @@ class DelayedChunkPlanner(ChunkPlanner):
             self.n_failed = 1
             raise self._failure(job.step, e) from e
         if chunk is not None:
-            self._planned = chunk  # one plan at a time: the schedule waits for it before asking again
+            self._ready = chunk  # one plan at a time: the schedule waits for it before asking again
 
     def _collect(self, step: int) -> _Chunk | None:
-        if self._planned is None or step < self._planned.origin + self.delay:
+        if self._ready is None or step < self._ready.origin + self.delay:
             return None
-        chunk, self._planned = self._planned, None
+        chunk, self._ready = self._ready, None
         return chunk
+
+    def _rtc_delay(self) -> int:
+        return self.delay
 
     def loop_stats(self) -> dict[str, Any]:
         return {**super().loop_stats(), "planner_delay": self.delay}
 
 
 PLANNER_KEYS = {"sync": [], "async": ["lead", "max_late_streak"], "delayed": ["lead", "max_late_streak", "delay"]}
+RTC_MODES = ("async", "delayed")  # a sync chunk is used at once: nothing of the one before runs while it is planned
 
 
 def make_controller(policy: Any, cfg: Mapping[str, Any] | None, modes: tuple[str, ...] = ("sync", "async"),
@@ -362,7 +421,8 @@ def make_controller(policy: Any, cfg: Mapping[str, Any] | None, modes: tuple[str
     errors): `mode: async` wraps a chunk policy in an AsyncChunkPlanner (`lead`, `max_late_streak`; real time),
     `mode: delayed` in a DelayedChunkPlanner (also `delay`; simulated time); `mode: sync`, or a controller that
     does not plan chunks (`is_chunk_policy` false: it acts step by step), is used as it is. `modes`: the modes
-    the caller can run (async needs a real clock, delayed a simulated one)."""
+    the caller can run (async needs a real clock, delayed a simulated one). An `rtc` block with `enabled: true`
+    turns on real-time chunking (async and delayed only)."""
     cfg = {} if cfg is None else cfg
     mode = str(cfg.get("mode"))
     if "mode" in cfg and mode not in modes:
@@ -370,6 +430,16 @@ def make_controller(policy: Any, cfg: Mapping[str, Any] | None, modes: tuple[str
     missing = [k for k in ["mode"] + PLANNER_KEYS.get(mode, []) if k not in cfg]
     if missing:
         raise ValueError(f"planner config: missing keys {missing} (the `planner` block of {where})")
+    rtc = None
+    if (cfg.get("rtc") or {}).get("enabled"):
+        try:
+            rtc = rtc_settings(cfg["rtc"])
+        except ValueError as e:
+            raise ValueError(f"{e} ({where})") from None
+        if mode not in RTC_MODES or not is_chunk_policy(policy):
+            raise ValueError(f"planner.rtc.enabled=true needs planner.mode in {list(RTC_MODES)} and a policy that plans "
+                             f"chunks (got mode {mode!r}, {type(policy).__name__}): a sync chunk is used at once, "
+                             f"nothing of the one before runs while it is planned ({where})")
     if mode == "sync" or not is_chunk_policy(policy):
         return policy
     coeff = getattr(getattr(policy, "config", None), "temporal_ensemble_coeff", None)
@@ -378,5 +448,5 @@ def make_controller(policy: Any, cfg: Mapping[str, Any] | None, modes: tuple[str
                          f"the {mode} planner executes chunks as planned: run it with planner.mode=sync")
     if mode == "delayed":
         return DelayedChunkPlanner(policy, lead=int(cfg["lead"]), max_late_streak=int(cfg["max_late_streak"]),
-                                   delay=int(cfg["delay"]))
-    return AsyncChunkPlanner(policy, lead=int(cfg["lead"]), max_late_streak=int(cfg["max_late_streak"]))
+                                   delay=int(cfg["delay"]), rtc=rtc)
+    return AsyncChunkPlanner(policy, lead=int(cfg["lead"]), max_late_streak=int(cfg["max_late_streak"]), rtc=rtc)

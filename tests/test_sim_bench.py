@@ -243,8 +243,10 @@ def test_eval_runs_the_rigs_planner_schedule_in_simulated_time(bench, tmp_path, 
     common = ["eval", f"checkpoint={ckpt}", "task=movesense_lr", "trials=2", "progress=false"]
     assert main([*common, "planner.mode=delayed", "planner.delay=3", "planner.lead=2", f"eval_dir={tmp_path}/d"]) == 0
     report = json.loads((tmp_path / "d" / "results.json").read_text())
+    rtc = {"enabled": False, "execution_horizon": 8, "max_guidance_weight": 4.0, "prefix_attention_schedule": "LINEAR"}
     assert report["planner"] == {"mode": "delayed", "lead": 2, "delay": 3, "max_late_streak": 10, "remote": None,
-                                 "remote_timeout": 5.0}  # never the server token (planner.remote_token)
+                                 "remote_timeout": 5.0, "rtc": rtc}  # never the server token (planner.remote_token)
+    assert report["boundary_jump"]["boundary_n"] > 0 and report["boundary_jump"]["within_mean"] > 0
     for ep in report["episode_log"]:  # every chunk used from 3 steps after its frame; 1 step held per chunk
         plans = ep["planner"]["plans"]
         assert plans > 5 and ep["planner"]["plan_delay_steps"] == {"3": plans}
@@ -252,6 +254,13 @@ def test_eval_runs_the_rigs_planner_schedule_in_simulated_time(bench, tmp_path, 
     assert report["planner_late_steps"] == sum(ep["planner"]["planner_late"] for ep in report["episode_log"])
     assert main([*common, "planner.mode=async", f"eval_dir={tmp_path}/a"]) == 2  # needs a real clock
     assert "planner.mode='async' must be one of sync, delayed" in capsys.readouterr().err
+    # real-time chunking (tests/test_rtc.py): the same schedule, each chunk guided by the one in use
+    assert main([*common, "planner.mode=delayed", "planner.delay=3", "planner.lead=3", "planner.rtc.enabled=true",
+                 f"eval_dir={tmp_path}/r"]) == 0
+    report = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert report["planner"]["rtc"]["enabled"] and report["boundary_jump"]["boundary_n"] > 0
+    assert main([*common, "planner.mode=delayed", "planner.rtc.max_guidance_weight=0", f"eval_dir={tmp_path}/x"]) == 2
+    assert "planner.rtc.max_guidance_weight=0 must be > 0" in capsys.readouterr().err
 
 
 def test_bench_preset_is_the_small_preset_with_a_finer_token_grid():

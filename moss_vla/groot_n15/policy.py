@@ -56,6 +56,8 @@ class GrootN15Policy(MossVLAPolicy):
     ``groot``: a lerobot ``GR00TN15`` to wrap (default: loaded from ``config.pretrained_path``);
     ``prompt``: what turns instructions into Eagle prompt ids (default: the processor in ``tokenizer_path``)."""
 
+    supports_rtc = False  # lerobot's GR00T sampler takes no guidance (planner.rtc, moss_vla/rtc.py)
+
     def __init__(self, config: GrootN15Config, stats: dict[str, Any] | None = None,
                  groot: nn.Module | None = None, prompt: Any = None) -> None:
         nn.Module.__init__(self)
@@ -123,7 +125,11 @@ class GrootN15Policy(MossVLAPolicy):
         loss = self.model.loss(vl, vl_mask, {**action_input, "action": padded, "action_mask": mask})
         return loss, {"loss": float(loss.detach())}
 
-    def sample_from_features(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None) -> Tensor:
+    def sample_from_features(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None,
+                             rtc: Any = None) -> Tensor:
+        if rtc is not None:
+            raise ValueError("planner.rtc.enabled: model=groot_n15 samples with lerobot's GR00T head, which takes no "
+                             "real-time chunking guidance; set planner.rtc.enabled=false")
         action_input = self._action_input(state.to(self.device).float())
         if seed is None:
             chunk = self.model.sample(vl, vl_mask, action_input)

@@ -57,6 +57,7 @@ from transformers.feature_extraction_utils import BatchFeature
 KV = tuple[Tensor, Tensor]
 
 from moss_vla.policy.configuration import ActionHeadConfig
+from moss_vla.rtc import Guide, guided_velocity
 
 
 def lerobot_head_config(cfg: ActionHeadConfig, state_dim: int, action_dim: int,
@@ -185,6 +186,14 @@ class TracedSampler(nn.Module):
         return self.head.integrate(vl, state, noise)
 
 
+class TracedGuidedSampler(TracedSampler):
+    """:class:`TracedSampler` with real-time chunking's guide (moss_vla/rtc.py) as three more inputs."""
+
+    def forward(self, vl: Tensor, state: Tensor, noise: Tensor, prefix: Tensor, weights: Tensor,  # type: ignore[override]
+                guidance: Tensor) -> Tensor:
+        return self.head.integrate(vl, state, noise, Guide(prefix, weights, guidance))
+
+
 class ActionHead(nn.Module):
     """Thin adapter around lerobot's FlowmatchingActionHead (plain tensors in, tensors out)."""
 
@@ -219,8 +228,10 @@ class ActionHead(nn.Module):
         return self.head(backbone, BatchFeature(data=action_input))["loss"]
 
     @torch.inference_mode()
-    def sample(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None = None) -> Tensor:
-        """Euler-integrated action chunk (B, H, A), normalised. ``seed`` fixes the initial noise.
+    def sample(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None = None,
+               guide: Guide | None = None) -> Tensor:
+        """Euler-integrated action chunk (B, H, A), normalised. ``seed`` fixes the initial noise; ``guide``
+        (eval mode only) keeps the chunk with the previous one (real-time chunking, moss_vla/rtc.py).
 
         In eval mode, the same result as :meth:`sample_reference` (lerobot's ``get_action``) for the same
         noise, faster (see the module docstring); in training mode (dropout active) it is
@@ -228,17 +239,21 @@ class ActionHead(nn.Module):
         mode: the chunk cannot enter autograd (nothing differentiates through sampling).
         With :attr:`torchscript` set, the sampler runs as a TorchScript trace (see :class:`TracedSampler`)."""
         if self.training:
+            if guide is not None:
+                raise RuntimeError("real-time chunking (planner.rtc.enabled) samples in eval mode only")
             return self.sample_reference(vl, vl_mask, state, seed)
         shape = (vl.shape[0], self.cfg.horizon, self.action_dim)
         # a private generator: same numbers as the global RNG seeded alike (CPU), without fork_rng's cost
         generator = None if seed is None else torch.Generator(vl.device).manual_seed(seed)
         noise = torch.randn(shape, dtype=vl.dtype, device=vl.device, generator=generator)
         if self.torchscript:
-            return self._traced(vl, state, noise)(vl, state, noise)
-        return self.integrate(vl, state, noise)
+            inputs = (vl, state, noise) if guide is None else (vl, state, noise, *guide)
+            return self._traced(*inputs)(*inputs)
+        return self.integrate(vl, state, noise, guide)
 
-    def integrate(self, vl: Tensor, state: Tensor, actions: Tensor) -> Tensor:
-        """The Euler integration of :meth:`sample` (eval mode) from the noise ``actions`` (B, H, A)."""
+    def integrate(self, vl: Tensor, state: Tensor, actions: Tensor, guide: Guide | None = None) -> Tensor:
+        """The Euler integration of :meth:`sample` (eval mode) from the noise ``actions`` (B, H, A); with a
+        ``guide``, each step's velocity is corrected towards its prefix (real-time chunking)."""
         head = self.head
         # as get_action: VL LayerNorm + self-attention, state encoder (once per chunk)
         vl = head.process_backbone_output(BatchFeature(data={"backbone_features": vl}))["backbone_features"]
@@ -247,13 +262,16 @@ class ActionHead(nn.Module):
         c = self._prepare(vl, state_features, embodiment)
         dt = 1.0 / self.cfg.num_inference_steps
         for step in range(self.cfg.num_inference_steps):
-            actions = torch.add(actions, self._velocity(actions, c, step), alpha=dt)  # Euler step
+            velocity = self._velocity(actions, c, step)
+            if guide is not None:
+                velocity = guided_velocity(actions, velocity, step * dt, guide, step)
+            actions = torch.add(actions, velocity, alpha=dt)  # Euler step
         return actions
 
-    def _traced(self, vl: Tensor, state: Tensor, noise: Tensor) -> torch.jit.ScriptModule:
-        """The TorchScript trace of :meth:`integrate` for these input shapes (traced at first use; the
-        noise's shape follows from vl's batch size)."""
-        key = (tuple(vl.shape), tuple(state.shape), vl.dtype, vl.device)
+    def _traced(self, vl: Tensor, state: Tensor, noise: Tensor, *guide: Tensor) -> torch.jit.ScriptModule:
+        """The TorchScript trace of :meth:`integrate` for these input shapes, guided or not (traced at first
+        use; the noise's and the guide's shapes follow from vl's batch size)."""
+        key = (tuple(vl.shape), tuple(state.shape), vl.dtype, vl.device, bool(guide))
         if key not in self._traces:
             with warnings.catch_warnings():
                 # TracerWarning: Python ints taken from shapes become constants, hence one trace per key;
@@ -261,7 +279,8 @@ class ActionHead(nn.Module):
                 # torch; torch.compile's C++ build takes over a minute per shape here, see TracedSampler)
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", DeprecationWarning)
-                self._traces[key] = torch.jit.trace(TracedSampler(self), (vl, state, noise), check_trace=False)
+                module = TracedGuidedSampler(self) if guide else TracedSampler(self)
+                self._traces[key] = torch.jit.trace(module, (vl, state, noise, *guide), check_trace=False)
         return self._traces[key]
 
     def train(self, mode: bool = True) -> ActionHead:

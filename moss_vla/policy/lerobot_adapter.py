@@ -109,6 +109,8 @@ def lerobot_config(kind: str, settings: dict[str, Any], adapter: LeRobotAdapterC
 class LeRobotPolicy(nn.Module):
     """A lerobot `PreTrainedPolicy` (``policy``) with our normalisation, history and loop interface."""
 
+    supports_rtc = False  # ACT regresses its chunk, Diffusion Policy denoises with DDPM/DDIM: no RTC guidance
+
     def __init__(self, config: LeRobotAdapterConfig, policy: nn.Module, stats: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.config = config
@@ -286,8 +288,12 @@ class LeRobotPolicy(nn.Module):
         self._states_seen.append(state_t)
 
     @torch.no_grad()
-    def plan(self, obs: dict[str, Any]) -> np.ndarray:
+    def plan(self, obs: dict[str, Any], rtc: Any = None) -> np.ndarray:
         """Action chunk (H, A) float32 from the history :meth:`observe` built (its newest entry is ``obs``'s)."""
+        if rtc is not None:
+            raise ValueError(f"planner.rtc.enabled: lerobot's {self.config.type} policy cannot guide its chunk with "
+                             f"the previous one (real-time chunking needs a flow-matching head); set "
+                             f"planner.rtc.enabled=false")
         self._require_stats()
         lb = self._lerobot_batch(torch.stack(list(self._frames_seen))[None], torch.stack(list(self._states_seen))[None])
         return self._chunk(lb, self.config.inference_seed)[0].cpu().numpy().astype(np.float32)

@@ -34,12 +34,16 @@ from moss_vla.policy.normalization import Normalizer
 from moss_vla.policy.streaming import FrameCache
 from moss_vla.policy.tokenizer import build_tokenizer
 from moss_vla.policy.vision_tower import VisionTower
+from moss_vla.rtc import RTCRequest, make_guide
 
 CONFIG_NAME, WEIGHTS_NAME, STATS_NAME = "config.json", "model.safetensors", "stats.json"
 
 
 class MossVLAPolicy(nn.Module):
     """The policy. ``config``: :class:`MossVLAConfig`; ``stats``: dataset normalisation statistics."""
+
+    # plan / predict_action_chunk take an RTCRequest: real-time chunking (planner.rtc, moss_vla/rtc.py)
+    supports_rtc = True
 
     def __init__(self, config: MossVLAConfig, stats: dict[str, Any] | None = None,
                  load_pretrained_vision: bool = True) -> None:
@@ -213,16 +217,25 @@ class MossVLAPolicy(nn.Module):
         return self.label_head(torch.cat([mean, peak], dim=1))
 
     @torch.no_grad()
-    def predict_action_chunk(self, obs: dict[str, Any], seed: int | None = None) -> Tensor:
-        """Action chunk (B, H, A), unnormalised, from a window obs (dataset format, uncached)."""
+    def predict_action_chunk(self, obs: dict[str, Any], seed: int | None = None,
+                             rtc: RTCRequest | None = None) -> Tensor:
+        """Action chunk (B, H, A), unnormalised, from a window obs (dataset format, uncached); ``rtc``: keep
+        it with the previous chunk (real-time chunking, moss_vla/rtc.py)."""
         self._require_stats()
         state = self._check_state(torch.as_tensor(obs["state"]).to(self.device))
         vl, vl_mask = self.encode(torch.as_tensor(obs["image"]), obs["instruction"])
-        return self.sample_from_features(vl, vl_mask, state, seed)
+        return self.sample_from_features(vl, vl_mask, state, seed, rtc)
 
-    def sample_from_features(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None) -> Tensor:
-        """Action chunk (B, H, A), unnormalised, from VL features (:meth:`encode`) and the raw state (B, S)."""
-        chunk = self.action_head.sample(vl, vl_mask, self.normalizer.normalize("state", state), seed)
+    def sample_from_features(self, vl: Tensor, vl_mask: Tensor, state: Tensor, seed: int | None,
+                             rtc: RTCRequest | None = None) -> Tensor:
+        """Action chunk (B, H, A), unnormalised, from VL features (:meth:`encode`) and the raw state (B, S);
+        ``rtc``: guided towards its prefix, which is normalised here as the head sees actions."""
+        guide = None
+        if rtc is not None:
+            prefix = self.normalizer.normalize("action", torch.from_numpy(rtc.prefix).to(self.device))
+            guide = make_guide(rtc, prefix.to(vl.dtype), self.config.action_head.horizon,
+                               self.config.action_head.num_inference_steps)
+        chunk = self.action_head.sample(vl, vl_mask, self.normalizer.normalize("state", state), seed, guide)
         return self.normalizer.unnormalize("action", chunk)
 
     # ---- the 10 Hz loop ------------------------------------------------------------------------------
@@ -284,27 +297,31 @@ class MossVLAPolicy(nn.Module):
             self._raw_frames.append(pixels)
 
     @torch.no_grad()
-    def plan(self, obs: dict[str, Any]) -> np.ndarray:
+    def plan(self, obs: dict[str, Any], rtc: RTCRequest | None = None) -> np.ndarray:
         """Action chunk (H, A) float32 for the steps from this one on, from the window :meth:`observe`
-        built (its newest frame must be ``obs``'s) and ``obs``'s state and instruction."""
+        built (its newest frame must be ``obs``'s) and ``obs``'s state and instruction; ``rtc``: kept with
+        the previous chunk's remainder (real-time chunking, robot/chunk_planner.py's planner.rtc)."""
         self._require_stats()
+        if rtc is not None and rtc.prefix.shape[1] != self.config.action_dim:
+            raise ValueError(f"planner.rtc.enabled: the previous chunk has actions of {rtc.prefix.shape[1]} values, "
+                             f"the policy's have {self.config.action_dim} (action_dim)")
         state_t = torch.from_numpy(self._obs_state(obs))[None].to(self.device)
         with autocast(self.device):  # bf16 on a GPU, nothing on the CPU
-            chunk = self._plan_chunk(obs, state_t)
+            chunk = self._plan_chunk(obs, state_t, rtc)
         return chunk[0].float().cpu().numpy()
 
-    def _plan_chunk(self, obs: dict[str, Any], state_t: Tensor) -> Tensor:
+    def _plan_chunk(self, obs: dict[str, Any], state_t: Tensor, rtc: RTCRequest | None = None) -> Tensor:
         cfg = self.config
         if cfg.use_cache:
             instruction = obs["instruction"]
             if instruction not in self._text_cache:
                 self._text_cache = {instruction: self._text(instruction, 1)}
             vl, vl_mask = self.cache.vl_features(*self._text_cache[instruction])
-            chunk = self.sample_from_features(vl, vl_mask, state_t, cfg.inference_seed)
+            chunk = self.sample_from_features(vl, vl_mask, state_t, cfg.inference_seed, rtc)
         else:
             window = torch.stack(list(self._raw_frames), 1)  # (1, T, 3, S, S)
             chunk = self.predict_action_chunk(
-                {"image": window, "state": state_t, "instruction": obs["instruction"]}, cfg.inference_seed)
+                {"image": window, "state": state_t, "instruction": obs["instruction"]}, cfg.inference_seed, rtc)
         return chunk
 
     # ---- inference-only speed-ups ----------------------------------------------------------------------
