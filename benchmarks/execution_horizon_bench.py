@@ -38,25 +38,36 @@ from rig.sim_bench import FAILURE_REASONS, failure_counts, wilson_interval
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 
 
+def setting(report: dict[str, Any], key: str) -> Any:
+    """A setting as an evaluation ran with it: `planner.*` from its planner block, the rest from its policy
+    settings (None where it has none: a sync evaluation's planner block holds only its mode)."""
+    if not key.startswith("planner."):
+        return report.get("policy_settings", {}).get(key)
+    node: Any = report.get("planner", {})
+    for part in key.split(".")[1:]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
 def evaluation(task: str, ckpt: Path, settings: dict[str, Any], trials: int, eval_seed: int, out: Path,
                threads: int) -> dict[str, Any]:
-    """`moss-sim eval` of `ckpt` with the inference `settings` (n_action_steps, temporal_ensemble_coeff), or the
-    one already in `out` made alike."""
+    """`moss-sim eval` of `ckpt` with the inference `settings` (n_action_steps, temporal_ensemble_coeff, and
+    planner.* keys), or the one already in `out` made alike."""
     from moss_vla.config import compose_config
     from rig.sim_eval import evaluate
 
     path = out / "results.json"
     if path.exists():
         old = json.loads(path.read_text())
-        made = (old["task"], old["trials"], old["eval_seeds"][0],
-                {k: old.get("policy_settings", {}).get(k) for k in settings})
+        made = (old["task"], old["trials"], old["eval_seeds"][0], {k: setting(old, k) for k in settings})
         if made == (task, trials, eval_seed, settings):
             print(f"reusing {path}")
             return old
         raise SystemExit(f"{path} holds another evaluation (task, trials, eval_seed, settings) = {made}, not "
                          f"{(task, trials, eval_seed, settings)}: pass another --work or delete {out}")
     cfg = compose_config([f"task={task}", f"checkpoint={ckpt}", f"trials={trials}", f"eval_seed={eval_seed}",
-                          *(f"{k}={v}" for k, v in settings.items() if v is not None), f"eval_dir={out}",
+                          *(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in settings.items()
+                            if v is not None), f"eval_dir={out}",
                           f"threads={threads}"],
                          "sim_eval")
     return evaluate(cfg)
