@@ -105,6 +105,14 @@ def plot(path: Path, runs: dict[str, dict[int, dict[str, Any]]], ensembled: dict
     bx.set(xlabel="actions executed per chunk (n_action_steps)", ylabel="failed trials", title="failures by reason")
     for a in (ax, bx):
         a.set_xticks(sorted({n for by_n in runs.values() for n in by_n}))
+    finish_figure(fig, (ax, bx), title, path)
+
+
+def finish_figure(fig: Any, axes: tuple[Any, ...], title: str, path: Path) -> None:
+    """Grid and legend on each of `axes`, the title, written to `path` and closed."""
+    import matplotlib.pyplot as plt
+
+    for a in axes:
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)

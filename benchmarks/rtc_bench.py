@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from execution_horizon_bench import evaluation  # benchmarks/ (scripts run from this folder)
+from execution_horizon_bench import evaluation, finish_figure  # benchmarks/ (scripts run from this folder)
 from machine import machine_info
 from named_checkpoints import named_checkpoints
 from omegaconf import OmegaConf
@@ -107,13 +107,7 @@ def plot(path: Path, runs: dict[str, dict[str, dict[str, Any]]], delays: list[in
     bx.set(xlabel="planner delay (steps)", ylabel="L2 jump in target (rad)", title="jump where a new chunk takes over")
     ax.set_xticks([0, *delays])
     bx.set_xticks(delays)
-    for a in (ax, bx):
-        a.grid(alpha=0.3)
-        a.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    finish_figure(fig, (ax, bx), title, path)
 
 
 def main() -> None:
