@@ -4,9 +4,10 @@ planner delays of 1, 2, 3 steps.
 For each checkpoint and each delay d: `moss-sim eval planner.mode=delayed planner.delay=d` (the rig's async
 schedule in simulated time: each chunk arrives d steps after its observation, its first d actions elapsed;
 lead = max(configs' planner.lead, d), so the chunk in use lasts until the next one arrives), once as today
-and once with `planner.rtc.enabled=true` (configs/sim_eval.yaml's RTC settings). Once per checkpoint, the
-references without delay: the synchronous schedule and ACT's temporal ensembling (n_action_steps 1,
-`--ensemble-coeff`). Ensembling runs only synchronously: it plans a chunk every step inside select_action
+and once with `planner.rtc.enabled=true` (configs/sim_eval.yaml's RTC settings; `--rtc-schedules ZEROS` adds
+rows with another prefix schedule, ZEROS: only the d actions that run before the chunk arrives guide it). Once
+per checkpoint, the references without delay: the synchronous schedule and ACT's temporal ensembling
+(n_action_steps 1, `--ensemble-coeff`). Ensembling runs only synchronously: it plans a chunk every step inside select_action
 and averages them, while the delayed planner executes chunks as planned (make_controller refuses
 temporal_ensemble_coeff with planner.mode=delayed); it has no chunk switches, so no boundary jump either.
 
@@ -19,7 +20,7 @@ Each evaluation is `rig.sim_eval.evaluate`, written to <work>/<task>/<name>/<set
 and reused when it exists with the same task, trials, seed and settings (execution_horizon_bench.evaluation).
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/rtc_bench.py --task movesense_rot --checkpoints
-zoo:movesense_rot/moss --trials 96`` -> results/rtc_<task>.{json,png}
+zoo:movesense_rot/moss zoo:movesense_rot/contextvla --trials 96 --rtc-schedules ZEROS`` -> results/rtc_<task>.{json,png}
 """
 
 from __future__ import annotations
@@ -44,15 +45,23 @@ ENSEMBLING_NOTE = ("ACT temporal ensembling runs with planner.mode=sync only (a 
                    "refuses temporal_ensemble_coeff with it): a no-delay reference without chunk switches")
 
 
-def settings_of(ckpt: Path, default_lead: int, ensemble_coeff: float, delays: list[int]) -> dict[str, dict[str, Any]]:
-    """{setting name: moss-sim eval overrides}: the no-delay references, then today's schedule and RTC per delay."""
+def kinds_of(schedules: list[str]) -> dict[str, dict[str, Any]]:
+    """{row kind: its planner.rtc overrides}: today's schedule, RTC as configured, RTC with other schedules."""
+    return {"today": {"planner.rtc.enabled": False}, "rtc": {"planner.rtc.enabled": True},
+            **{f"rtc-{s.lower()}": {"planner.rtc.enabled": True, "planner.rtc.prefix_attention_schedule": s}
+               for s in schedules}}
+
+
+def settings_of(ckpt: Path, default_lead: int, ensemble_coeff: float, delays: list[int],
+                schedules: list[str]) -> dict[str, dict[str, Any]]:
+    """{setting name: moss-sim eval overrides}: the no-delay references, then each kind of row per delay."""
     n = int(json.loads((ckpt / "config.json").read_text())["n_action_steps"])  # the checkpoint's, as trained
     out = {"sync": {"planner.mode": "sync", "n_action_steps": n, "temporal_ensemble_coeff": None},
            "ensemble": {"planner.mode": "sync", "n_action_steps": 1, "temporal_ensemble_coeff": ensemble_coeff}}
     for d in delays:
-        for name, rtc in (("today", False), ("rtc", True)):
-            out[f"{name}_d{d}"] = {"planner.mode": "delayed", "planner.delay": d, "planner.lead": max(default_lead, d),
-                                   "planner.rtc.enabled": rtc, "n_action_steps": n, "temporal_ensemble_coeff": None}
+        for kind, rtc in kinds_of(schedules).items():
+            out[f"{kind}_d{d}"] = {"planner.mode": "delayed", "planner.delay": d, "planner.lead": max(default_lead, d),
+                                   **rtc, "n_action_steps": n, "temporal_ensemble_coeff": None}
     return out
 
 
@@ -73,41 +82,47 @@ def label(name: str) -> str:
     if name == "ensemble":
         return "ACT ensembling, sync"
     kind, d = name.split("_d")
-    return f"delay {d}: {'RTC' if kind == 'rtc' else 'today'}"
+    return f"delay {d}: {kind_label(kind)}"
 
 
-def plot(path: Path, runs: dict[str, dict[str, dict[str, Any]]], delays: list[int], title: str) -> None:
+def kind_label(kind: str) -> str:
+    return {"today": "today", "rtc": "RTC"}.get(kind, f"RTC, {kind.split('-')[-1].upper()}")
+
+
+def plot(path: Path, runs: dict[str, dict[str, dict[str, Any]]], delays: list[int], kinds: list[str],
+         title: str) -> None:
+    """One row per checkpoint: success against the delay (the no-delay references at 0), and the boundary jump
+    (mean solid, p95 dashed) against the step within a chunk (grey, today's schedule)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, rows in runs.items():
-        for kind, marker in (("today", "o"), ("rtc", "s")):
+    fig, axes = plt.subplots(len(runs), 2, figsize=(11, 3.6 * len(runs)), squeeze=False)
+    for (ax, bx), (name, rows) in zip(axes, runs.items()):
+        for kind, marker in zip(kinds, "osv^<>"):
             rs = [rows[f"{kind}_d{d}"] for d in delays]
             rate = [100 * r["success_rate"] for r in rs]
             err = [[v - 100 * r["ci95"][0] for v, r in zip(rate, rs)], [100 * r["ci95"][1] - v for v, r in zip(rate, rs)]]
-            line = ax.errorbar(delays, rate, yerr=err, marker=marker, capsize=3,
-                               label=f"{name}: {'RTC' if kind == 'rtc' else 'today'}")
+            line = ax.errorbar(delays, rate, yerr=err, marker=marker, capsize=3, label=kind_label(kind))
             jumps = [r["boundary_jump"] for r in rs]
-            what = f"{name}: {'RTC' if kind == 'rtc' else 'today'}"
             bx.plot(delays, [j["boundary_mean"] for j in jumps], marker=marker, color=line[0].get_color(),
-                    label=f"{what}, mean")
-            bx.plot(delays, [j["boundary_p95"] for j in jumps], "--", marker=marker, color=line[0].get_color(),
-                    label=f"{what}, p95")
-            bx.plot(delays, [j["within_mean"] for j in jumps], ":", marker=".", color=line[0].get_color(),
-                    label=f"{what}: step within a chunk, mean")
+                    label=kind_label(kind))
+            bx.plot(delays, [j["boundary_p95"] for j in jumps], "--", marker=marker, color=line[0].get_color())
+        within = [rows[f"today_d{d}"]["boundary_jump"] for d in delays]
+        bx.plot(delays, [j["within_mean"] for j in within], color="grey", marker=".", label="within a chunk (today)")
+        bx.plot(delays, [j["within_p95"] for j in within], "--", color="grey", marker=".")
         for x, ref, marker in ((-0.1, "sync", "D"), (0.1, "ensemble", "^")):
             r = rows[ref]
             v = 100 * r["success_rate"]
             ax.errorbar([x], [v], yerr=[[v - 100 * r["ci95"][0]], [100 * r["ci95"][1] - v]], marker=marker, capsize=3,
-                        ls="none", label=f"{name}: {label(ref)}")
-    ax.set(xlabel="planner delay (steps)", ylabel="success % (95% Wilson interval)", ylim=(0, 100), title="success")
-    bx.set(xlabel="planner delay (steps)", ylabel="L2 jump in target (rad)", title="jump where a new chunk takes over")
-    ax.set_xticks([0, *delays])
-    bx.set_xticks(delays)
-    finish_figure(fig, (ax, bx), title, path)
+                        ls="none", label=label(ref))
+        ax.set(xlabel="planner delay (steps)", ylabel="success % (95% Wilson)", ylim=(0, 100), title=f"{name}: success")
+        bx.set(xlabel="planner delay (steps)", ylabel="L2 jump in target (rad)",
+               title=f"{name}: jump at a chunk switch (solid mean, dashed p95)")
+        ax.set_xticks([0, *delays])
+        bx.set_xticks(delays)
+    finish_figure(fig, tuple(axes.flat), title, path)
 
 
 def main() -> None:
@@ -121,6 +136,8 @@ def main() -> None:
     ap.add_argument("--ensemble-coeff", type=float, default=-0.5,
                     help="temporal_ensemble_coeff of the ensembling reference (negative: weighted to the newest "
                          "chunk, the better of the two on PongPredict, docs/results.md section 7; ACT's own: 0.01)")
+    ap.add_argument("--rtc-schedules", nargs="*", default=[], choices=["ZEROS", "ONES", "LINEAR", "EXP"],
+                    help="more RTC rows with these prefix_attention_schedule (ZEROS: only the delay's actions guided)")
     ap.add_argument("--work", type=Path, default=REPO_ROOT / "runs" / "rtc", help="evaluations go to <work>/<task>/<name>/")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="results/<out>.{json,png} (default rtc_<task>)")
@@ -131,7 +148,7 @@ def main() -> None:
 
     runs: dict[str, dict[str, dict[str, Any]]] = {}
     for name, ckpt in named.items():
-        settings = settings_of(ckpt, int(planner["lead"]), args.ensemble_coeff, args.delays)
+        settings = settings_of(ckpt, int(planner["lead"]), args.ensemble_coeff, args.delays, args.rtc_schedules)
         runs[name] = {s: row(evaluation(args.task, ckpt, overrides, args.trials, args.eval_seed,
                                         args.work / args.task / name / s, args.threads))
                       for s, overrides in settings.items()}
@@ -152,7 +169,7 @@ def main() -> None:
                "checkpoints": {name: str(c) for name, c in named.items()}, "rtc_settings": planner["rtc"],
                "ensembling_note": ENSEMBLING_NOTE, "runs": runs}
     out.with_suffix(".json").write_text(json.dumps(payload, indent=1, default=float))
-    plot(out.with_suffix(".png"), runs, args.delays, f"{args.task}: real-time chunking at planner delays "
+    plot(out.with_suffix(".png"), runs, args.delays, list(kinds_of(args.rtc_schedules)), f"{args.task}: real-time chunking at planner delays "
          f"({args.trials} trials per point, eval seeds from {args.eval_seed})")
     print(f"-> {out.with_suffix('.json')}, {out.with_suffix('.png')}")
 
