@@ -45,8 +45,8 @@ COMPARISONS = {
 LEROBOT = {
     "movesense_lr": (("lerobot 0.4.4's classes trained by moss-train from scratch on the same 50 episodes, 3000 steps "
                       "of batch 16 (matched in steps), no label loss, no pretrained backbone; Diffusion Policy: 2 "
-                      "frames, UNet down_dims (64, 128, 256), 10 DDIM steps"),
-                     {"diffusion": "sim_table5_lr_diffusion"}),
+                      "frames, UNet down_dims (64, 128, 256), 10 DDIM steps; ACT: 1 frame, ResNet-18 from scratch"),
+                     {"act": "sim_table5_lr_lerobot", "diffusion": "sim_table5_lr_lerobot"}),
 }
 LABELS = {"act": "ACT (lerobot, 1 frame)", "diffusion": "Diffusion Policy (lerobot, 2 frames)"}  # their rows
 # task -> (results file(s), how its recipe differs from the comparison's)
