@@ -274,17 +274,7 @@ class FrankaArm:
         ``relative_dynamics_factor``: this motion's speed, at most the arm's configured factor (None: that).
         Waits in short slices, so that a stop request (``should_stop()`` true, e.g. the session's first
         Ctrl-C) or a KeyboardInterrupt decelerates the arm to a stop at once; returns False if stopped so."""
-        q = np.asarray(q_goal, dtype=np.float64)
-        violations = []
-        lim = self.safety.limits
-        if q.shape != (7,) or not np.all(np.isfinite(q)):
-            raise UnsafeTargetError([f"goal must be 7 finite joint positions, got {q_goal!r}"])
-        bad = (q < lim.q_low) | (q > lim.q_high)
-        violations += [f"joint {i + 1} goal {q[i]:.3f} outside [{lim.q_low[i]:.3f}, {lim.q_high[i]:.3f}]"
-                       for i in np.flatnonzero(bad)]
-        violations += self.safety.workspace_violations(q)
-        if violations:
-            raise UnsafeTargetError(violations, q)
+        q = self.safety.check_goal(q_goal)
         self._last_target = None
         if self.dry_run:
             log.info("dry run: would move to %s", np.round(q, 4).tolist())

@@ -186,6 +186,20 @@ class SafetyChecker:
             self.n_clipped += 1
         return q
 
+    def check_goal(self, q_goal: np.ndarray) -> np.ndarray:
+        """A point-to-point goal (move_to): 7 finite joints inside the limits and the workspace; the step limit
+        does not apply (the arm plans the motion). Returns it as float64 (7,), or raises UnsafeTargetError."""
+        q = np.asarray(q_goal, dtype=np.float64)
+        if q.shape != (7,) or not np.all(np.isfinite(q)):
+            raise UnsafeTargetError([f"goal must be 7 finite joint positions, got {q_goal!r}"])
+        lim = self.limits
+        violations = [f"joint {i + 1} goal {q[i]:.3f} outside [{lim.q_low[i]:.3f}, {lim.q_high[i]:.3f}]"
+                      for i in np.flatnonzero((q < lim.q_low) | (q > lim.q_high))]
+        violations += self.workspace_violations(q)
+        if violations:
+            raise UnsafeTargetError(violations, q)
+        return q
+
     def check_gripper(self, width: float) -> float:
         """A gripper width clamped to [0, max width] (a width is never dangerous, only out of range)."""
         if not np.isfinite(width):

@@ -24,7 +24,7 @@ import numpy as np
 from robot.clock import Clock
 from robot.fr3_kinematics import DDQ_MAX, DQ_MAX, GRIPPER_MAX_WIDTH, Q_MAX, Q_MIN, Q_READY
 from robot.interfaces import ArmState
-from robot.safety import ArmError, SafetyChecker, SafetyLimits, UnsafeTargetError
+from robot.safety import ArmError, SafetyChecker, SafetyLimits
 
 _CONFIG_KEYS = ("omega", "velocity_scale", "acceleration_scale", "substep", "gripper_speed", "safety")
 
@@ -137,15 +137,7 @@ class SimArm:
         is served by moss-arm-server): the goal passes the joint-limit and workspace checks, the step limit
         does not apply; ``relative_dynamics_factor`` in (0, 1] scales the velocity and acceleration limits for
         this motion. Waits on the arm's clock in 50 ms slices; returns False if ``should_stop()`` stopped it."""
-        q = np.asarray(q_goal, dtype=np.float64)
-        if q.shape != (7,) or not np.all(np.isfinite(q)):
-            raise UnsafeTargetError([f"goal must be 7 finite joint positions, got {q_goal!r}"])
-        violations = [f"joint {i + 1} goal {q[i]:.3f} outside [{Q_MIN[i]:.3f}, {Q_MAX[i]:.3f}]"
-                      for i in np.flatnonzero((q < Q_MIN) | (q > Q_MAX))]
-        if self.safety is not None:
-            violations += self.safety.workspace_violations(q)
-        if violations:
-            raise UnsafeTargetError(violations, q)
+        q = (self.safety or SafetyChecker(SafetyLimits(joint_margin=0.0))).check_goal(q_goal)
         factor = 1.0 if relative_dynamics_factor is None else float(relative_dynamics_factor)
         if not 0 < factor <= 1:
             raise ArmError(f"move_to: relative_dynamics_factor must be in (0, 1], got {relative_dynamics_factor}",
