@@ -519,7 +519,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "optim.grad_clip": number(above=0),
     "policy.n_frames": integer(1, hint="frames per observation window, e.g. 8"),
     "policy.n_action_steps": integer(1),
-    "policy.aux_label_weight": number(lo=0),
+    "policy.aux_label_weight": number(lo=0, optional=True),  # lerobot policies (act, diffusion) have none
     "model.action_head.horizon": integer(1),
     "logger": Rule("str", choices=("tensorboard", "wandb"), hint="logger=wandb adds Weights & Biases"),
     "wandb.mode": Rule("str", choices=("offline", "online", "disabled")),

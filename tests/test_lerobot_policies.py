@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from moss_vla.config import compose_config
+from moss_vla.config import check_config, compose_config
 from moss_vla.episodes import EpisodeWriter
 from moss_vla.episodes.synthetic import synthetic_episode, write_episode
 from moss_vla.policy import MossVLAPolicy
 from moss_vla.policy.lerobot_adapter import LeRobotPolicy
-from moss_vla.train import train
+from moss_vla.train import TRAIN_RULES, train
 from rig.sim_cli import main
 from tasks.targets import load_targets
 
@@ -49,9 +49,11 @@ def store(tmp_path_factory):
 
 def train_tiny(store, tmp_path, policy: str, *extra: str):
     kind = "act" if policy == "act" else "diffusion"
-    cfg = compose_config([f"data.paths=[{store}]", f"policy={policy}", "model=tiny", "steps=2", "batch_size=2",
-                          f"out_dir={tmp_path / policy}", "log_every=1", "val_every=2", "val_batches=1",
-                          "ckpt_every=2", "device=cpu", *TINY[kind], *extra], "train")
+    argv = [f"data.paths=[{store}]", f"policy={policy}", "model=tiny", "steps=2", "batch_size=2",
+            f"out_dir={tmp_path / policy}", "log_every=1", "val_every=2", "val_batches=1", "ckpt_every=2",
+            "device=cpu", *TINY[kind], *extra]
+    cfg = compose_config(argv, "train")
+    check_config(cfg, "train", argv, TRAIN_RULES)  # moss-train's own checks pass a lerobot policy's config
     return train(cfg)
 
 
