@@ -170,3 +170,26 @@ def test_moss_serve_serves_a_lerobot_checkpoint_with_the_in_process_actions(stor
         assert server.errors == 0
     finally:
         server.stop()
+
+
+def test_lerobot_policies_train_with_lerobots_own_optimiser_unless_told_otherwise():
+    """ACT at our AdamW lr 1e-3 predicted the mean action (docs/training.md section 7): each lerobot policy
+    puts lerobot's own optimiser settings over train.yaml's; a command-line optim value still wins."""
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+
+    def optim(*args):
+        return compose_config(["data.paths=[x]", *args], "train").optim
+
+    act, diffusion = ACTConfig(), DiffusionConfig()
+    assert optim("policy=act").lr == act.optimizer_lr == act.optimizer_lr_backbone
+    assert optim("policy=act").weight_decay == act.optimizer_weight_decay
+    assert optim("policy=act").min_lr_ratio == 1.0  # lerobot's ACT has no scheduler: a constant lr
+    for name in ("diffusion", "diffusion_t8"):
+        o = optim(f"policy={name}")
+        assert (o.lr, tuple(o.betas), o.weight_decay, o.warmup_steps) == (
+            diffusion.optimizer_lr, diffusion.optimizer_betas, diffusion.optimizer_weight_decay,
+            diffusion.scheduler_warmup_steps)
+    assert optim("policy=moss").lr == optim("policy=contextvla").lr == 1e-3  # ours: the paper's AdamW
+    assert optim("policy=act", "optim.lr=1e-4").lr == 1e-4
+    assert optim("policy=act", "optim=adamw").lr == 1e-3
