@@ -218,16 +218,19 @@ def validation_subset(val_ds: Dataset, n: int) -> Dataset:
 
 
 @torch.no_grad()
-def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dict[str, float]:
+def evaluate(policy, loader: DataLoader, device: torch.device, seed: int,
+             mean_action: torch.Tensor | None = None) -> dict[str, float]:
     """Validation flow-matching loss and open-loop action error (predicted chunk vs recorded actions,
     mean absolute error over the unpadded steps and all action dimensions, in the units of the actions:
     rad for the 7 joints, m for the gripper width, which the pointing tasks keep constant, so there the
-    joints' own error is about 8/7 of it). Batches are weighted alike. The noise
+    joints' own error is about 8/7 of it). Batches are weighted alike. With ``mean_action`` (A,) (the
+    training data's), also the error of always predicting it (`val_mean_action_mae`): the bar a policy that
+    learned nothing from frames and state sits at. The noise
     comes from ``seed``, the same at every evaluation, so the numbers move only with the weights, and the
     training RNG streams are left as they were (validation does not change the training run)."""
     was_training = policy.training
     policy.eval()
-    losses, errs, first_errs, aux, labels = [], [], [], [], []
+    losses, errs, first_errs, mean_errs, aux, labels = [], [], [], [], [], []
     # manual_seed also seeds the GPU's generator: fork it too, so training noise on a GPU is untouched
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(seed)
@@ -248,11 +251,15 @@ def evaluate(policy, loader: DataLoader, device: torch.device, seed: int) -> dic
             err = (pred - target).abs().mean(-1)  # (B, H)
             errs.append(float(err[valid].mean()))
             first_errs.append(float(err[:, 0].mean()))
+            if mean_action is not None:
+                mean_errs.append(float((mean_action - target).abs().mean(-1)[valid].mean()))
     policy.train(was_training)
     if not losses:
         return {}
     out = {"val_loss": float(np.mean(losses)), "val_action_mae": float(np.mean(errs)),
            "val_first_action_mae": float(np.mean(first_errs))}
+    if mean_errs:
+        out["val_mean_action_mae"] = float(np.mean(mean_errs))
     if aux:
         loss_sum, hits, n = np.sum(aux, 0)
         out["val_aux_label_loss"], out["val_aux_label_acc"] = float(loss_sum / n), float(hits / n)
@@ -285,6 +292,19 @@ def plot_loss_curve(csv_path: Path, out_png: Path) -> None:
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
+
+
+def warn_if_learned_nothing(rows: list[dict[str, Any]], margin: float = 0.95) -> None:
+    """Say so when the last validation's action error is no better than always predicting the mean action:
+    lerobot's ACT at lr 1e-3 trained to that for 3000 steps while its loss looked like a plateau."""
+    last = next((r for r in reversed(rows) if r.get("val_mean_action_mae") not in (None, "")), None)
+    if last is None:
+        return
+    err, bar = float(last["val_action_mae"]), float(last["val_mean_action_mae"])
+    if err >= margin * bar:
+        print(f"[moss-train] WARNING: at step {last['step']} the validation action error ({err:.4f}) is no better "
+              f"than always predicting the mean action ({bar:.4f}): the policy has learned nothing from the frames "
+              f"or the state. Check optim.lr (configs/optim/) and the data (moss-data check).", flush=True)
 
 
 class MetricsLog:
@@ -453,6 +473,7 @@ def train(cfg: DictConfig) -> TrainResult:
     if is_main and cfg.get("logger") == "wandb":
         metrics.wandb = start_wandb(cfg, run_dir)
     use_amp = bool(cfg.amp) and device.type == "cuda"
+    mean_action = torch.tensor(stats["action"]["mean"], dtype=torch.float32, device=device)
 
     step = start
     bar = tqdm(total=cfg.steps, initial=start, desc="train", disable=not is_main, dynamic_ncols=True)
@@ -483,7 +504,7 @@ def train(cfg: DictConfig) -> TrainResult:
                 bar.set_postfix(loss=f"{loss_v:.4f}", sps=f"{n_last / dt:.1f}")
                 t_last, n_last = time.perf_counter(), 0
                 if val_loader is not None and (step % cfg.val_every == 0 or step == cfg.steps):
-                    row.update(evaluate(policy, val_loader, device, cfg.seed))
+                    row.update(evaluate(policy, val_loader, device, cfg.seed, mean_action))
                     bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in row.items()))
                 metrics.log(step, row)
             if step % cfg.ckpt_every == 0 or step == cfg.steps:
@@ -498,6 +519,7 @@ def train(cfg: DictConfig) -> TrainResult:
             plot_loss_curve(metrics.path, run_dir / "loss_curve.png")
         print(f"[moss-train] done: {step} steps; checkpoint {final}; loss curve {run_dir / 'loss_curve.png'}",
               flush=True)
+        warn_if_learned_nothing(metrics.rows)
     if world > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -22,7 +22,7 @@ from moss_vla.episodes.synthetic import make_synthetic_store
 from moss_vla.episodes.window_dataset import LabelEvidence
 from moss_vla.paths import CONFIG_DIR
 from moss_vla.policy import make_policy
-from moss_vla.train import evaluate, param_groups, train, validation_subset
+from moss_vla.train import evaluate, param_groups, train, validation_subset, warn_if_learned_nothing
 from moss_vla.training_data import build_datasets, label_classes
 
 TINY = ["policy=moss", "model=tiny", "model.input_image_size=32", "dataset.augment.enabled=true",
@@ -166,6 +166,23 @@ def test_validation_encodes_once_and_matches_forward_plus_predict(store, tmp_pat
     assert (counts > 0).sum() >= 2, "the test batch should hold more than one label"
     assert got["val_aux_label_majority"] == pytest.approx(float(counts.max() / counts.sum()))
     assert got["val_action_mae"] == pytest.approx(float(err[~batch["action_is_pad"]].mean()), rel=1e-6)
+    # the bar of a policy that learned nothing: always the training data's mean action
+    mean = torch.tensor(stats["action"]["mean"])
+    got = evaluate(policy, [batch], torch.device("cpu"), seed=3, mean_action=mean)
+    bar = (mean - batch["action"]).abs().mean(-1)[~batch["action_is_pad"]].mean()
+    assert got["val_mean_action_mae"] == pytest.approx(float(bar), rel=1e-6) and got["val_mean_action_mae"] > 0
+
+
+def test_a_run_no_better_than_the_mean_action_is_named(capsys):
+    rows = [{"step": 250, "val_action_mae": 0.09, "val_mean_action_mae": 0.076},
+            {"step": 500, "val_action_mae": 0.0751, "val_mean_action_mae": 0.0759}, {"step": 510, "loss": 0.7}]
+    warn_if_learned_nothing(rows)
+    out = capsys.readouterr().out
+    assert "at step 500" in out and "no better than always predicting the mean action (0.0759)" in out
+    assert "optim.lr" in out
+    warn_if_learned_nothing([{**rows[1], "val_action_mae": 0.03}])  # a policy that learned: no warning
+    warn_if_learned_nothing([{"step": 10, "loss": 1.0}])  # no validation: nothing to say
+    assert capsys.readouterr().out == ""
 
 
 def test_weight_decay_on_matrices_only_adaln_included(store, tmp_path):
