@@ -1,10 +1,12 @@
 """lerobot's ACT and Diffusion Policy in our harness (moss_vla/policy/lerobot_adapter.py): trained by moss-train
 on a synthetic store, evaluated by `moss-sim eval` through the same trials, planner and scoring as our policies;
-bad checkpoints refused with messages that name what is wrong."""
+checkpoints lerobot-train wrote scored through lerobot's own processor files; bad checkpoints refused with
+messages that name what is wrong."""
 
 import json
 import os
 import shutil
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -12,10 +14,11 @@ import pytest
 import torch
 
 from moss_vla.config import check_config, compose_config
-from moss_vla.episodes import EpisodeWriter
+from moss_vla.episodes import EpisodeStore, EpisodeWriter
+from moss_vla.episodes.normalization import compute_stats
 from moss_vla.episodes.synthetic import synthetic_episode, write_episode
 from moss_vla.policy import MossVLAPolicy
-from moss_vla.policy.lerobot_adapter import LeRobotPolicy
+from moss_vla.policy.lerobot_adapter import LeRobotPolicy, lerobot_train_settings
 from moss_vla.train import TRAIN_RULES, train
 from rig.sim_cli import main
 from tasks.targets import load_targets
@@ -73,7 +76,11 @@ def test_a_tiny_lerobot_policy_trains_and_is_scored_by_moss_sim_eval(store, tmp_
     # lerobot's own loader reads the same files
     assert type(loaded.policy).from_pretrained(ckpt).config.type == loaded.config.type
 
-    out = tmp_path / "eval"
+    scored_by_moss_sim_eval(ckpt, tmp_path / "eval")
+
+
+def scored_by_moss_sim_eval(ckpt, out) -> None:
+    """`moss-sim eval` runs 2 trials of the checkpoint through the delayed chunk planner; the report is complete."""
     with mock.patch.dict(os.environ, {"MOSS_DEBUG": "1"}):
         assert main(["eval", f"checkpoint={ckpt}", "task=movesense_lr", "trials=2", "progress=false",
                      f"eval_dir={out}", "planner.mode=delayed"]) == 0
@@ -193,3 +200,149 @@ def test_lerobot_policies_train_with_lerobots_own_optimiser_unless_told_otherwis
     assert optim("policy=moss").lr == optim("policy=contextvla").lr == 1e-3  # ours: the paper's AdamW
     assert optim("policy=act", "optim.lr=1e-4").lr == 1e-4
     assert optim("policy=act", "optim=adamw").lr == 1e-3
+
+
+# ---- checkpoints lerobot-train wrote ----------------------------------------------------------------------------
+CAMERA = "observation.images.front"  # not ours (observation.images.display): the adapter reads the config's key
+TASKS_SEEN: list = []  # what the probe step below saw as `task`
+
+
+def _task_probe():
+    """A registered lerobot processor step that records the `task` the preprocessor is given (a language
+    policy's tokenizer step reads it from there)."""
+    from lerobot.processor import ProcessorStep, ProcessorStepRegistry, TransitionKey
+
+    name = "moss_test_task_probe"
+    if name not in ProcessorStepRegistry.list():
+        @ProcessorStepRegistry.register(name=name)
+        class TaskProbe(ProcessorStep):
+            def __call__(self, transition):
+                TASKS_SEEN.append((transition.get(TransitionKey.COMPLEMENTARY_DATA) or {}).get("task"))
+                return transition
+
+            def transform_features(self, features):
+                return features
+    return ProcessorStepRegistry.get(name)()
+
+
+def lerobot_train_checkpoint(store, out, kind="act", size=32, cameras=(CAMERA,), state_dim=8, probe=False):
+    """A checkpoint as lerobot-train saves its pretrained_model/ (policy.save_pretrained, the pre/post processors
+    make_pre_post_processors builds from the dataset's stats, their save_pretrained), of a tiny untrained policy
+    with the synthetic store's statistics (cameras: ImageNet's, lerobot-train's use_imagenet_stats)."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.diffusion.configuration_diffusion import DiffusionConfig
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    ours = compute_stats(EpisodeStore(store))
+    stats = {"observation.state": {k: np.asarray(v, np.float32) for k, v in ours["state"].items()},
+             "action": {k: np.asarray(v, np.float32) for k, v in ours["action"].items()}}
+    features = {"observation.state": PolicyFeature(FeatureType.STATE, (state_dim,))}
+    for cam in cameras:
+        features[cam] = PolicyFeature(FeatureType.VISUAL, (3, size, size))
+        stats[cam] = {"mean": np.float32([0.485, 0.456, 0.406]).reshape(3, 1, 1),
+                      "std": np.float32([0.229, 0.224, 0.225]).reshape(3, 1, 1)}
+    common = {"input_features": features, "device": "cpu", "pretrained_backbone_weights": None,  # no download
+              "output_features": {"action": PolicyFeature(FeatureType.ACTION, (8,))}}
+    if kind == "act":
+        cfg = ACTConfig(dim_model=32, n_heads=2, dim_feedforward=64, n_vae_encoder_layers=1, n_encoder_layers=1,
+                        chunk_size=16, n_action_steps=8, **common)
+    else:
+        cfg = DiffusionConfig(down_dims=(16, 32, 64), diffusion_step_embed_dim=16, spatial_softmax_num_keypoints=8,
+                              num_inference_steps=3, crop_shape=None, **common)
+    torch.manual_seed(0)
+    policy = get_policy_class(kind)(cfg)
+    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
+    if probe:
+        pre.steps.append(_task_probe())
+    for part in (policy, pre, post):
+        part.save_pretrained(out)
+    return out
+
+
+def test_a_lerobot_train_checkpoint_is_scored_through_its_own_processors(store, tmp_path):
+    ckpt = lerobot_train_checkpoint(store, tmp_path / "pretrained_model", probe=True)
+    loaded = MossVLAPolicy.from_pretrained(ckpt)
+    assert isinstance(loaded, LeRobotPolicy) and loaded.processors.image_key == CAMERA
+    cfg = loaded.config  # derived from lerobot's config.json
+    assert (cfg.type, cfg.n_frames, cfg.horizon, cfg.n_action_steps, cfg.image_size, cfg.normalization) == (
+        "act", 1, 16, 8, 32, "lerobot")
+
+    TASKS_SEEN.clear()
+    scored_by_moss_sim_eval(ckpt, tmp_path / "eval")  # frames resized from 224 to the checkpoint's 32
+    instruction = compose_config(["task=movesense_lr"], "sim_eval").task.instruction
+    assert TASKS_SEEN and all(t == [instruction] for t in TASKS_SEEN)  # the instruction reached lerobot's pipeline
+
+
+@pytest.mark.parametrize("kind", ["act", "diffusion"])
+def test_the_adapters_chunk_is_lerobots_preprocessor_policy_postprocessor(store, tmp_path, kind):
+    """The same observations through lerobot-eval's own path (preprocess_observation, the preprocessor, the
+    policy, the postprocessor) give the adapter's chunk; the checkpoint's camera is our frame size (no resize).
+    Diffusion Policy (n_obs_steps 2): the adapter's chunk starts at the newest observation, as lerobot's does."""
+    from lerobot.envs.utils import preprocess_observation
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+    from lerobot.policies.utils import populate_queues
+
+    ckpt = lerobot_train_checkpoint(store, tmp_path / "pretrained_model", kind, size=SIZE)
+    ours = MossVLAPolicy.from_pretrained(ckpt)
+    lerobot = get_policy_class(kind).from_pretrained(ckpt)
+    pre, post = make_pre_post_processors(lerobot.config, pretrained_path=str(ckpt))
+    rng = np.random.default_rng(3)
+    mean = np.asarray(compute_stats(EpisodeStore(store))["state"]["mean"], np.float32)
+    obs = [{"image": rng.integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8),
+            "state": mean + rng.normal(0, 0.01, 8).astype(np.float32), "instruction": "x"} for _ in range(2)]
+    ours.reset()
+    lerobot.reset()
+    for o in obs:
+        ours.observe(o)
+        batch = pre({**preprocess_observation({"pixels": {"front": o["image"][None]}, "agent_pos": o["state"][None]}),
+                     "task": [o["instruction"]]})
+        if kind == "diffusion":  # what its select_action queues and predicts from (without the batch's empty action)
+            batch.pop("action")
+            batch["observation.images"] = torch.stack([batch[k] for k in lerobot.config.image_features], -4)
+            lerobot._queues = populate_queues(lerobot._queues, batch)
+    torch.manual_seed(7)  # Diffusion Policy's sampling noise, drawn the same way on both sides
+    want = post(lerobot.predict_action_chunk(batch))[0].numpy()
+    torch.manual_seed(7)
+    got = ours.plan(obs[-1])
+    assert got.shape == ((16, 8) if kind == "act" else (15, 8))  # Diffusion: horizon 16 - n_obs_steps 2 + 1
+    np.testing.assert_allclose(got[: len(want)], want, rtol=1e-5, atol=1e-6)
+    assert np.abs(got - mean).max() < 0.5 < np.abs(mean).max()  # unnormalised: near the store's actions, not 0
+
+
+def test_bad_lerobot_train_checkpoints_are_refused_naming_the_file_or_keys(store, tmp_path):
+    ckpt = lerobot_train_checkpoint(store, tmp_path / "ok")
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    (bad / "policy_postprocessor.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"policy_postprocessor.json not found: a lerobot-train checkpoint"):
+        MossVLAPolicy.from_pretrained(bad)
+    shutil.copy(ckpt / "policy_postprocessor.json", bad / "policy_postprocessor.json")
+    for f in bad.glob("policy_preprocessor_step_*_normalizer_processor.safetensors"):
+        f.unlink()  # the statistics
+    with pytest.raises(ValueError, match=r"policy_preprocessor.json: cannot be loaded as lerobot's processor pipeline"):
+        MossVLAPolicy.from_pretrained(bad)
+    two = lerobot_train_checkpoint(store, tmp_path / "two", cameras=(CAMERA, "observation.images.wrist"))
+    with pytest.raises(ValueError, match=r"config.json: input_features has 2 cameras .*'observation.images.front', "
+                                         r"'observation.images.wrist'"):
+        MossVLAPolicy.from_pretrained(two)
+    seven = lerobot_train_checkpoint(store, tmp_path / "seven", state_dim=7)
+    with pytest.raises(ValueError, match=r"config.json: 'observation.state' has shape \(7,\), expected \(8,\)"):
+        MossVLAPolicy.from_pretrained(seven)
+    with pytest.raises(RuntimeError, match=r"from a lerobot-train checkpoint is scored here"):
+        MossVLAPolicy.from_pretrained(ckpt).encode(torch.zeros(1, 1, 3, SIZE, SIZE))
+
+
+def test_a_groot_fine_tunes_settings_come_from_what_it_predicts():
+    """lerobot's groot (its config only: the model is the 3B download) plans min(chunk_size, 16) actions, its
+    action_delta_indices, and runs at most those (its n_action_steps 50 is lerobot's queue length)."""
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.groot.configuration_groot import GrootConfig
+
+    cfg = GrootConfig(input_features={"observation.state": PolicyFeature(FeatureType.STATE, (8,)),
+                                      CAMERA: PolicyFeature(FeatureType.VISUAL, (3, 224, 224))},
+                      output_features={"action": PolicyFeature(FeatureType.ACTION, (8,))})
+    adapter, keys = lerobot_train_settings(cfg, Path("pretrained_model/config.json"))
+    assert (adapter.type, adapter.n_frames, adapter.horizon, adapter.n_action_steps, adapter.image_size) == (
+        "groot", 1, 16, 16, 224)
+    assert keys == {"image_key": CAMERA, "state_key": "observation.state", "image_hw": (224, 224), "chunk_start": 0}

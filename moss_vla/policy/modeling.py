@@ -358,7 +358,7 @@ class MossVLAPolicy(nn.Module):
 
             return GrootN15Policy.from_pretrained(directory)
         if (directory / CONFIG_NAME).is_file() and _is_lerobot(directory / CONFIG_NAME):
-            # a lerobot policy (ACT, Diffusion Policy, ...) trained by moss-train: moss_vla/policy/lerobot_adapter.py
+            # a lerobot policy (ACT, Diffusion Policy, ...) trained by moss-train or lerobot-train: lerobot_adapter.py
             from moss_vla.policy.lerobot_adapter import LeRobotPolicy
 
             return LeRobotPolicy.from_pretrained(directory)
